@@ -1,0 +1,3 @@
+from ckpt_tool.cli import main
+
+main()

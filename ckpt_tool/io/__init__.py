@@ -1,0 +1,1 @@
+"""Containers: validated readers that need no torch, streaming writers, atomic file ops."""

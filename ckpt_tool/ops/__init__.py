@@ -1,0 +1,1 @@
+"""Operations: inspect, merge, diff, migrate. No format knowledge; they ask the plugins."""

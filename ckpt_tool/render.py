@@ -1,0 +1,103 @@
+"""Human tables (tabulate) and JSON. Data goes to stdout; messages go to stderr."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from tabulate import tabulate
+
+from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def message(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def table(rows: list[list[Any]], headers: list[str] | None = None) -> str:
+    if headers:
+        return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    return tabulate(rows, tablefmt="plain", disable_numparse=True)
+
+
+def _lora_line(lora: dict[str, Any]) -> str:
+    parts = [f"r={lora.get('r')}", f"alpha={lora.get('alpha')}"]
+    for flag in ("use_rslora", "use_dora", "fan_in_fan_out"):
+        if lora.get(flag):
+            parts.append(flag.removeprefix("use_"))
+    return ", ".join(parts)
+
+
+def _summary_rows(info: CheckpointInfo) -> list[list[Any]]:
+    rows: list[list[Any]] = [
+        ["path", info.path],
+        ["format", info.format + (f" ({info.description})" if info.description else "")],
+        ["kind", info.kind + (" + optimizer state" if info.training_state else "")],
+    ]
+    if info.adapter_type:
+        rows.append(["adapter type", info.adapter_type])
+    if info.lora:
+        rows.append(["lora", _lora_line(info.lora)])
+        targets = info.lora.get("targets")
+        if targets:
+            rows.append(["targets", ", ".join(map(str, targets))])
+    for ad in info.adapters if len(info.adapters) > 1 else []:
+        rows.append([f"adapter '{ad.name}'", f"{ad.adapter_type}, {ad.tensors} tensors" + (f", {_lora_line(ad.lora)}" if ad.lora else "")])
+    rows.append(["parameters", f"{human_count(info.parameters)} ({info.parameters:,})"])
+    for dtype, n in info.dtypes().items():
+        rows.append([f"  {dtype}", f"{human_count(n)} ({n:,})"])
+    rows.append(["tensors", str(len(info.tensors))])
+    rows.append(["bytes", f"{human_bytes(info.nbytes)} ({info.nbytes:,})"])
+    if info.container:
+        rows.append(["container", info.container + (f", {info.wrapper} dict" if info.wrapper else "")])
+    if len(info.files) > 1:
+        rows.append(["files", f"{len(info.files)} ({', '.join(_short(f) for f in info.files[:4])}{', …' if len(info.files) > 4 else ''})"])
+    elif info.files:
+        rows.append(["file", _short(info.files[0])])
+    for key, value in info.metadata.items():
+        if value in (None, "", [], {}):
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        if len(text) > 100:
+            text = text[:97] + "..."
+        rows.append([key, text])
+    return rows
+
+
+def _short(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def render_inspect(info: CheckpointInfo, with_tensors: bool) -> str:
+    out = [table(_summary_rows(info))]
+    for comp in info.companions:
+        out.append("\nalso here:\n" + table(_summary_rows(comp)))
+    if with_tensors:
+        rows = [[t.name, DTYPE_NAMES.get(t.dtype, t.dtype), "×".join(map(str, t.shape)) or "scalar", f"{t.numel:,}"] for t in info.tensors]
+        out.append("\n" + table(rows, ["name", "dtype", "shape", "params"]))
+    warnings = list(info.warnings) + [w for c in info.companions for w in c.warnings]
+    if warnings:
+        out.append("\nwarnings:")
+        out.extend(f"  - {w}" for w in warnings)
+    return "\n".join(out)

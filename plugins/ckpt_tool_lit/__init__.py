@@ -1,0 +1,47 @@
+"""Built-in plugin: LitGPT checkpoints (today's layouts and every legacy one).
+
+Hook implementations stay thin; the knowledge lives in ``detect`` (what a
+file or directory is), ``merge`` (LoRA / adapter-v2 folding, bit-exact with
+``litgpt merge_lora``) and ``migrate`` (legacy run directories → ``final/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool import hookimpl
+
+FORMAT = "lit"
+
+
+@hookimpl
+def ckpt_detect(path: Path, probe: Any) -> Any:
+    from ckpt_tool_lit.detect import detect
+
+    return detect(path, probe)
+
+
+@hookimpl
+def ckpt_merge_base(adapter: Any) -> Any:
+    if adapter.format != FORMAT:
+        return None
+    from ckpt_tool_lit.merge import find_base
+
+    return find_base(adapter)
+
+
+@hookimpl
+def ckpt_merge_plan(adapter: Any, base: Any, options: Any) -> Any:
+    if adapter.format != FORMAT:
+        return None
+    from ckpt_tool_lit.merge import plan_merge
+
+    return plan_merge(adapter, base, options)
+
+
+@hookimpl
+def ckpt_migrate_run(run_dir: Path, root: Path, probe: Any) -> Any:
+    from ckpt_tool_lit.migrate import propose
+
+    return propose(run_dir, root, probe)

@@ -1,0 +1,40 @@
+"""Built-in plugin: Hugging Face PEFT adapter directories.
+
+``detect`` reads ``adapter_config.json`` and the adapter tensors' headers and
+checks them strictly (PEFT itself loads with ``strict=False``); ``merge``
+reproduces ``merge_and_unload()`` bit for bit, one tensor at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool import hookimpl
+
+FORMAT = "peft"
+
+
+@hookimpl
+def ckpt_detect(path: Path, probe: Any) -> Any:
+    from ckpt_tool_peft.detect import detect
+
+    return detect(path, probe)
+
+
+@hookimpl
+def ckpt_merge_base(adapter: Any) -> Any:
+    if adapter.format != FORMAT:
+        return None
+    from ckpt_tool_peft.merge import find_base
+
+    return find_base(adapter)
+
+
+@hookimpl
+def ckpt_merge_plan(adapter: Any, base: Any, options: Any) -> Any:
+    if adapter.format != FORMAT:
+        return None
+    from ckpt_tool_peft.merge import plan_merge
+
+    return plan_merge(adapter, base, options)

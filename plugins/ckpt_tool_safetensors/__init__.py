@@ -1,0 +1,20 @@
+"""Built-in plugin: plain and HF model files and directories (the generic fallback).
+
+Single safetensors files, sharded directories with an index (checked against
+the shards), HF model directories with ``config.json``, and plain torch
+files that no convention-specific plugin claimed. It runs last.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool import hookimpl
+
+
+@hookimpl(trylast=True)
+def ckpt_detect(path: Path, probe: Any) -> Any:
+    from ckpt_tool_safetensors.detect import detect
+
+    return detect(path, probe)
