@@ -1,0 +1,73 @@
+"""The contract between format plugins and the streaming merge engine.
+
+A plugin's ``ckpt_merge_plan`` hook validates an adapter against a base and
+returns a ``MergePlan``: for each base tensor, the function that turns it into
+the merged tensor. The engine (``ckpt_tool.ops.merge``) owns all I/O: it walks
+the base tensors in file order, reads each one from the mmap, calls the change
+function, and hands the result to a streaming writer. Plugins own the math,
+because bit-exactness with each peer (``litgpt merge_lora``, PEFT
+``merge_and_unload``) means repeating that peer's exact sequence of torch ops
+and roundings.
+
+Change functions receive torch tensors, so they import torch lazily; building
+the plan itself must not need tensor bytes of the base.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ckpt_tool.model import CheckpointInfo, TensorInfo
+
+#: Loads a tensor of the adapter (or any other input) by its name, as a torch tensor (read-only view, original dtype).
+AdapterLoader = Callable[[str], "torch.Tensor"]
+#: ``change(base_tensor, load) -> merged tensor`` already in the output dtype and the base's shape.
+#: ``base_tensor`` is a read-only view in the base's dtype; never modify it in place.
+Change = Callable[["torch.Tensor", AdapterLoader], "torch.Tensor"]
+
+
+@dataclass
+class MergeOptions:
+    """What the user asked for on the command line."""
+
+    dtype: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
+    adapter_name: str | None = None  # PEFT multi-adapter dirs
+    base: Path | None = None  # --base, if given
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MergePlan:
+    """Everything the engine needs to stream a merge.
+
+    Attributes:
+        base: the base model as detected (``tensors`` in file order give the walk order).
+        adapter: the adapter as detected.
+        changes: base tensor name -> change function (see ``Change``).
+        out_dtype: base tensor name -> output dtype (safetensors name, e.g. "BF16") for *every*
+            written tensor; tensors whose output dtype equals their base dtype and that have no
+            change are copied byte for byte.
+        drop: base tensor names not written to the output.
+        rename: base tensor name -> output name (default: unchanged).
+        adapter_tensors: adapter tensors by name, for the loader handed to change functions.
+        layout: default output layout, "lit" (``lit_model.pth``) or "hf" (``model.safetensors``).
+        copy_files: files (configs, tokenizer) to copy next to the merged weights.
+        summary: JSON-able facts for ``merge --json`` (what was merged, counts, scales...).
+    """
+
+    base: CheckpointInfo
+    adapter: CheckpointInfo
+    changes: dict[str, Change]
+    out_dtype: dict[str, str]
+    drop: set[str] = field(default_factory=set)
+    rename: dict[str, str] = field(default_factory=dict)
+    adapter_tensors: dict[str, TensorInfo] = field(default_factory=dict)
+    layout: str = "lit"
+    copy_files: list[Path] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
