@@ -136,6 +136,9 @@ class CheckpointInfo:
     # The same directory can hold two things (a merged LitGPT ``final/``): the
     # adapter next to the model is reported here.
     companions: list[CheckpointInfo] = field(default_factory=list)
+    # Plugin-private facts handed between a plugin's own hooks (parsed configs,
+    # resolved file paths). Not part of the inspect output.
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def parameters(self) -> int:
