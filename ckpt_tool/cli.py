@@ -25,6 +25,7 @@ ENV_DEBUG = "CKPT_TOOL_DEBUG"
 COMMANDS = (
     "ckpt_tool.commands.inspect",
     "ckpt_tool.commands.plugins",
+    "ckpt_tool.commands.demo",
 )
 
 _state = {"debug": False}

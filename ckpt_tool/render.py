@@ -6,8 +6,6 @@ import json
 import sys
 from typing import Any
 
-from tabulate import tabulate
-
 from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
 
 
@@ -36,6 +34,8 @@ def message(text: str) -> None:
 
 
 def table(rows: list[list[Any]], headers: list[str] | None = None) -> str:
+    from tabulate import tabulate  # ~30 ms to import: only when a table is printed, not for --json
+
     if headers:
         return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     return tabulate(rows, tablefmt="plain", disable_numparse=True)
