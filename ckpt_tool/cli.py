@@ -25,6 +25,9 @@ ENV_DEBUG = "CKPT_TOOL_DEBUG"
 COMMANDS = (
     "ckpt_tool.commands.inspect",
     "ckpt_tool.commands.plugins",
+    "ckpt_tool.commands.merge",
+    "ckpt_tool.commands.diff",
+    "ckpt_tool.commands.migrate",
     "ckpt_tool.commands.demo",
 )
 

@@ -61,7 +61,7 @@ def _summary_rows(info: CheckpointInfo) -> list[list[Any]]:
         rows.append(["lora", _lora_line(info.lora)])
         targets = info.lora.get("targets")
         if targets:
-            rows.append(["targets", ", ".join(map(str, targets))])
+            rows.append(["targets", targets if isinstance(targets, str) else ", ".join(map(str, targets))])
     for ad in info.adapters if len(info.adapters) > 1 else []:
         rows.append([f"adapter '{ad.name}'", f"{ad.adapter_type}, {ad.tensors} tensors" + (f", {_lora_line(ad.lora)}" if ad.lora else "")])
     rows.append(["parameters", f"{human_count(info.parameters)} ({info.parameters:,})"])

@@ -245,3 +245,18 @@ def test_random_corruption_never_tracebacks(tmp_path: Path, cli) -> None:
             assert "Traceback" not in res.stderr
             if res.code:
                 assert res.stderr.startswith("error: ")
+
+
+def test_pickle_dag_bomb_is_fast(tmp_path: Path) -> None:
+    """60 levels of a list holding the previous level twice: 2**60 paths, one object each level."""
+    import time
+
+    level: list = []
+    for _ in range(60):
+        level = [level, level]
+    path = tmp_path / "bomb.pth"
+    _zip_with_pickle(path, pickle.dumps({"model": {}, "junk": level}, protocol=2))
+    t0 = time.perf_counter()
+    tz = read_torch_zip(path)
+    assert time.perf_counter() - t0 < 2
+    assert tz.weights == {} and tz.other_tensors == 0

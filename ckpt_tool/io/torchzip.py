@@ -216,16 +216,24 @@ def _local_data_offset(fh: Any, member: zipfile.ZipInfo, path: str) -> int:
     return member.header_offset + 30 + name_len + extra_len
 
 
-def _count_tensors(obj: Any, depth: int = 0) -> int:
-    if depth > 50:
-        return 0
-    if isinstance(obj, TensorRef):
-        return 1
-    if isinstance(obj, dict):
-        return sum(_count_tensors(v, depth + 1) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_count_tensors(v, depth + 1) for v in obj)
-    return 0
+def _count_tensors(obj: Any) -> int:
+    """Count distinct tensors in the structure; shared and cyclic references are visited once
+    (a hostile pickle can nest one list in itself to make naive traversal exponential)."""
+    seen: set[int] = set()
+    stack = [obj]
+    count = 0
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, TensorRef):
+            count += 1
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return count
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -39,6 +39,7 @@ class MergeOptions:
     dtype: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
     adapter_name: str | None = None  # PEFT multi-adapter dirs
     base: Path | None = None  # --base, if given
+    # Also set by ``merge``: "out" (Path | None, --out), "force" (bool, --force), "format" (str | None).
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,6 +60,9 @@ class MergePlan:
         layout: default output layout, "lit" (``lit_model.pth``) or "hf" (``model.safetensors``).
         copy_files: files (configs, tokenizer) to copy next to the merged weights.
         summary: JSON-able facts for ``merge --json`` (what was merged, counts, scales...).
+        default_out: where the merged weights go when the user gives no ``--out``
+            (LitGPT: ``final/lit_model.pth`` beside the adapter); ``None`` means ``--out`` is required.
+        wrapper: torch-zip output only: ``None`` writes a bare state dict, ``"model"`` writes ``{"model": sd}``.
     """
 
     base: CheckpointInfo
@@ -71,3 +75,5 @@ class MergePlan:
     layout: str = "lit"
     copy_files: list[Path] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    default_out: Path | None = None
+    wrapper: str | None = None

@@ -1,0 +1,74 @@
+"""``ckpt-tool merge``: fold an adapter into its base, streaming, crash-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ckpt_tool import render
+
+
+def _human(summary: dict) -> str:
+    t = summary.get("tensors", {})
+    verb = "would write" if summary.get("dry_run") else "wrote"
+    lines = [
+        f"merged {summary.get('adapter_type') or 'adapter'} {summary['adapter']} into {summary['base']}",
+    ]
+    if "modules_merged" in summary:
+        lines.append(f"  {summary['modules_merged']} modules changed, {t.get('written', 0)} tensors {verb}"
+                     f" ({render.human_bytes(t.get('bytes', 0))})")
+    else:
+        lines.append(f"  {t.get('changed', 0)} tensors changed, {t.get('written', 0)} tensors {verb}"
+                     f" ({render.human_bytes(t.get('bytes', 0))})")
+    if not summary.get("dry_run"):
+        lines.append(f"  {t.get('copied', 0)} copied unchanged, {t.get('converted', 0)} converted, "
+                     f"{t.get('dropped', 0)} dropped; {summary.get('seconds', 0):.2f} s")
+    dtypes = ", ".join(f"{k}: {v}" for k, v in summary.get("dtype", {}).items())
+    if dtypes:
+        lines.append(f"  output dtypes: {dtypes}")
+    lines.append(f"{verb}:")
+    lines.extend(f"  {p}" for p in summary.get("outputs", []))
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("merge", no_args_is_help=True)
+    def merge_cmd(
+        adapter: Annotated[Path, typer.Argument(help="The adapter: a LitGPT final/ or step-*/ dir, a PEFT adapter dir, or its weights file.")],
+        base: Annotated[Path | None, typer.Option("--base", help="The base model (default: the one the adapter records).")] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Write a complete checkpoint directory here.")] = None,
+        dtype: Annotated[str, typer.Option("--dtype", help="auto (LitGPT: the LoRA dtype; PEFT: the base dtype), bf16, fp16 or fp32.")] = "auto",
+        fmt: Annotated[str | None, typer.Option("--format", help="lit (lit_model.pth) or safetensors (model.safetensors, sharded past --max-shard-size).")] = None,
+        max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")] = "5GB",
+        force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and say what would be written; write nothing.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+        adapter_name: Annotated[str | None, typer.Option("--adapter", help="Which adapter of a multi-adapter PEFT dir.")] = None,
+    ) -> None:
+        """Merge a LoRA adapter into its base model, bit-exact with the training library's own merge.
+
+        Streams one tensor at a time (memory ≈ the largest changed tensor), refuses
+        mismatched inputs before writing anything, never leaves a partial file, and
+        never overwrites an existing output without --force.
+        """
+        from ckpt_tool.ops.merge import merge
+
+        summary = merge(
+            adapter,
+            base=base,
+            out=out,
+            dtype=dtype,
+            fmt=fmt,
+            max_shard_size=max_shard_size,
+            force=force,
+            dry_run=dry_run,
+            adapter_name=adapter_name,
+            progress=not quiet and not json_out,
+        )
+        if json_out:
+            render.emit_json(summary)
+        elif not quiet:
+            typer.echo(_human(summary))

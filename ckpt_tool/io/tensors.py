@@ -1,0 +1,160 @@
+"""Turn a ``TensorInfo`` into a torch tensor that reads straight from the file.
+
+The merge engine and ``diff`` stream one tensor at a time; the bytes come from
+a private (copy-on-write) memory map of the input file, so reading a tensor
+costs page cache, not anonymous memory, and nothing ever writes to the input.
+One map per file is cached for the life of a ``TensorReader``.
+
+torch is imported lazily: this module sits behind commands that must start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.errors import InvalidFile, Unsupported
+from ckpt_tool.model import TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+# safetensors dtype name -> torch dtype attribute name
+TORCH_DTYPE_ATTR: dict[str, str] = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "I16": "int16",
+    "U16": "uint16",
+    "I32": "int32",
+    "U32": "uint32",
+    "I64": "int64",
+    "U64": "uint64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "C64": "complex64",
+}
+
+# Friendly spellings accepted on the command line (--dtype) -> safetensors name.
+DTYPE_ALIASES: dict[str, str] = {
+    "bf16": "BF16",
+    "bfloat16": "BF16",
+    "fp16": "F16",
+    "f16": "F16",
+    "float16": "F16",
+    "half": "F16",
+    "fp32": "F32",
+    "f32": "F32",
+    "float32": "F32",
+    "float": "F32",
+}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a safetensors dtype name (``"BF16"`` -> ``torch.bfloat16``)."""
+    import torch
+
+    try:
+        return getattr(torch, TORCH_DTYPE_ATTR[name])
+    except (KeyError, AttributeError):
+        raise Unsupported(f"dtype {name} is not supported by this torch") from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors dtype name for a torch dtype (inverse of ``torch_dtype``)."""
+    attr = str(dtype).removeprefix("torch.")
+    for name, a in TORCH_DTYPE_ATTR.items():
+        if a == attr:
+            return name
+    raise Unsupported(f"dtype {dtype} has no safetensors equivalent")
+
+
+def is_float(name: str) -> bool:
+    return name in ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
+
+
+class TensorReader:
+    """Read-only tensor views over memory-mapped files; one private map per file.
+
+    Example:
+        >>> reader = TensorReader()
+        >>> t = reader.tensor(info)  # no bytes copied; pages load on first touch
+    """
+
+    def __init__(self) -> None:
+        self._maps: dict[str, Any] = {}  # realpath -> uint8 tensor over the whole file
+
+    def _file_bytes(self, path: str) -> torch.Tensor:
+        import torch
+
+        key = os.path.realpath(path)
+        if key not in self._maps:
+            size = os.path.getsize(key)
+            if size == 0:
+                self._maps[key] = torch.empty(0, dtype=torch.uint8)
+            else:
+                # shared=False -> MAP_PRIVATE: a stray in-place op could never reach the file.
+                storage = torch.UntypedStorage.from_file(key, shared=False, nbytes=size)
+                self._maps[key] = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,), (1,))
+        return self._maps[key]
+
+    def raw(self, info: TensorInfo) -> torch.Tensor:
+        """The storage bytes of ``info`` as a uint8 tensor (the whole storage, not the view)."""
+        data = self._file_bytes(info.file)
+        nbytes = info.storage_numel * info.itemsize
+        end = info.data_offset + nbytes
+        if info.data_offset < 0 or end > data.numel():
+            raise InvalidFile(f"{info.file}: tensor {info.name!r} runs past the end of the file", "the file is truncated")
+        return data[info.data_offset : end]
+
+    def tensor(self, info: TensorInfo) -> torch.Tensor:
+        """``info`` as a tensor of its own dtype, shape, stride and storage offset (zero copy when aligned)."""
+        import torch
+
+        dtype = torch_dtype(info.dtype)
+        raw = self.raw(info)
+        if info.storage_numel == 0 or info.numel == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        if raw.storage_offset() % info.itemsize:
+            # Misaligned data (possible in third-party safetensors files): copy to an aligned buffer.
+            raw = raw.clone()
+        storage = raw.view(dtype)
+        stride = info.stride if info.stride is not None else _contiguous_stride(info.shape)
+        return storage.as_strided(info.shape, stride, storage.storage_offset() + info.storage_offset)
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def __enter__(self) -> TensorReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for size in reversed(shape):
+        stride.append(acc)
+        acc *= max(size, 1)
+    return tuple(reversed(stride))
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of ``t`` in row-major order, as a memoryview (no copy when ``t`` is contiguous)."""
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous()
+    if t.numel() == 0:
+        return memoryview(b"")
+    flat = t.reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")

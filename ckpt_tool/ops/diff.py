@@ -1,0 +1,187 @@
+"""``diff``: compare two checkpoints tensor by tensor, streaming one pair at a time.
+
+Both sides are detected by the plugins, so any two supported formats can be
+compared (a LitGPT ``lit_model.pth`` against a merged ``model.safetensors``).
+Same-dtype contiguous tensors are compared as raw bytes straight from the two
+memory maps (a memcmp, no copies); only tensors that differ, or whose dtypes
+differ, are converted — in bounded chunks — to measure max |Δ|.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.io.container import Probe
+from ckpt_tool.io.tensors import TensorReader
+from ckpt_tool.model import DTYPE_NAMES, TensorInfo
+
+if TYPE_CHECKING:
+    import torch
+
+#: Exit code of ``ckpt-tool diff`` when the checkpoints differ (0 = identical or within --atol).
+EXIT_DIFFER = 8
+CHUNK_ELEMS = 1 << 22  # 4M elements per float64 scratch chunk: 32 MB
+
+
+@dataclass
+class TensorDiff:
+    name: str
+    status: str  # "bit-equal" | "within-atol" | "differ" | "shape" | "only-a" | "only-b"
+    dtype_a: str | None = None
+    dtype_b: str | None = None
+    shape_a: tuple[int, ...] | None = None
+    shape_b: tuple[int, ...] | None = None
+    max_abs_diff: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "dtype_a": DTYPE_NAMES.get(self.dtype_a or "", self.dtype_a),
+            "dtype_b": DTYPE_NAMES.get(self.dtype_b or "", self.dtype_b),
+            "shape_a": list(self.shape_a) if self.shape_a is not None else None,
+            "shape_b": list(self.shape_b) if self.shape_b is not None else None,
+            "max_abs_diff": _json_float(self.max_abs_diff),
+        }
+
+
+def _json_float(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    return x if math.isfinite(x) else str(x)
+
+
+@dataclass
+class DiffResult:
+    a: str
+    b: str
+    atol: float | None
+    entries: list[TensorDiff] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for e in self.entries if e.status == status)
+
+    @property
+    def identical(self) -> bool:
+        return all(e.status in ("bit-equal", "within-atol") for e in self.entries)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.identical else EXIT_DIFFER
+
+    def summary_line(self) -> str:
+        n = len(self.entries)
+        eq, close = self.count("bit-equal"), self.count("within-atol")
+        if self.identical:
+            if close:
+                return f"identical within atol={self.atol}: {n} tensors ({eq} bit-equal, {close} within tolerance)"
+            return f"identical: {eq} tensors bit-equal"
+        parts = [f"{self.count('differ')} differ"]
+        for status, label in (("shape", "shape mismatch"), ("only-a", "only in A"), ("only-b", "only in B")):
+            if self.count(status):
+                parts.append(f"{self.count(status)} {label}")
+        parts.append(f"{eq} bit-equal")
+        if close:
+            parts.append(f"{close} within tolerance")
+        return "different: " + ", ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "atol": self.atol,
+            "identical": self.identical,
+            "counts": {
+                s: self.count(s) for s in ("bit-equal", "within-atol", "differ", "shape", "only-a", "only-b")
+            },
+            "tensors": [e.to_json() for e in self.entries],
+        }
+
+
+def _max_abs_diff(x: torch.Tensor, y: torch.Tensor) -> float:
+    """max |x - y| in float64 (complex: modulus), in bounded chunks; NaN vs NaN counts as equal."""
+    import torch
+
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    worst = 0.0
+    for start in range(0, fx.numel(), CHUNK_ELEMS):
+        cx = fx[start : start + CHUNK_ELEMS]
+        cy = fy[start : start + CHUNK_ELEMS]
+        if cx.is_complex() or cy.is_complex():
+            cx, cy = cx.to(torch.complex128), cy.to(torch.complex128)
+        else:
+            cx, cy = cx.to(torch.float64), cy.to(torch.float64)
+        d = (cx - cy).abs()
+        both_nan = torch.isnan(cx.abs() if cx.is_complex() else cx) & torch.isnan(cy.abs() if cy.is_complex() else cy)
+        same_inf = torch.isinf(cx.abs() if cx.is_complex() else cx) & (cx == cy)
+        d = torch.where(both_nan | same_inf, torch.zeros_like(d), d)
+        d = torch.nan_to_num(d, nan=math.inf)
+        if d.numel():
+            worst = max(worst, float(d.max()))
+    return worst
+
+
+def _bytes_equal(reader: TensorReader, a: TensorInfo, b: TensorInfo) -> bool | None:
+    """Compare raw bytes when both are contiguous in the same dtype (None: not applicable)."""
+    if a.dtype != b.dtype or not (a.is_contiguous and b.is_contiguous):
+        return None
+    if a.nbytes == 0:
+        return True
+    ra, rb = reader.raw(a), reader.raw(b)
+    sa, sb = a.storage_offset * a.itemsize, b.storage_offset * b.itemsize
+    step = 1 << 26
+    for off in range(0, a.nbytes, step):
+        n = min(step, a.nbytes - off)
+        if memoryview(ra[sa + off : sa + off + n].numpy()) != memoryview(rb[sb + off : sb + off + n].numpy()):
+            return False
+    return True
+
+
+def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], atol: float | None = None) -> DiffResult:
+    """Compare the tensors of two checkpoints (any supported formats)."""
+    from ckpt_tool.ops.inspect import detect
+
+    probe = Probe()
+    ia, ib = detect(Path(a), probe), detect(Path(b), probe)
+    ta = {t.name: t for t in ia.tensors}
+    tb = {t.name: t for t in ib.tensors}
+    result = DiffResult(str(a), str(b), atol)
+    reader = TensorReader()
+    try:
+        for name, x in ta.items():
+            y = tb.get(name)
+            if y is None:
+                result.entries.append(TensorDiff(name, "only-a", x.dtype, None, x.shape, None))
+                continue
+            entry = TensorDiff(name, "differ", x.dtype, y.dtype, tuple(x.shape), tuple(y.shape))
+            if tuple(x.shape) != tuple(y.shape):
+                entry.status = "shape"
+                result.entries.append(entry)
+                continue
+            same = _bytes_equal(reader, x, y)
+            if same is None:
+                same = x.dtype == y.dtype and _tensor_bits_equal(reader.tensor(x), reader.tensor(y))
+            if same:
+                entry.status, entry.max_abs_diff = "bit-equal", 0.0
+            else:
+                entry.max_abs_diff = _max_abs_diff(reader.tensor(x), reader.tensor(y))
+                if atol is not None and entry.max_abs_diff <= atol:
+                    entry.status = "within-atol"
+            result.entries.append(entry)
+        for name, y in tb.items():
+            if name not in ta:
+                result.entries.append(TensorDiff(name, "only-b", None, y.dtype, None, y.shape))
+    finally:
+        reader.close()
+    return result
+
+
+def _tensor_bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Equality of the bit patterns (so -0.0 != +0.0 and identical NaNs are equal)."""
+    from ckpt_tool.io.tensors import tensor_bytes
+
+    return tensor_bytes(x) == tensor_bytes(y)

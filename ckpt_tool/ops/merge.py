@@ -1,0 +1,358 @@
+"""The streaming merge engine, and the ``merge`` operation around it.
+
+``merge()`` detects the adapter and its base, asks the adapter's plugin for a
+``MergePlan`` (the plugin validates the pair and owns the math), decides the
+output files, refuses unsafe writes, and hands the plan to ``execute()``.
+
+``execute()`` owns all I/O. It walks the base tensors in file order, reads each
+through a private memory map, applies ``plan.changes[name]`` (or a plain cast),
+and streams the result to a writer. A tensor that is neither changed nor
+converted is copied file-to-file (``copy_file_range``), so its bytes are
+identical to the base's and never pass through Python. Only the tensor at hand
+is ever materialised: peak anonymous memory is the interpreter plus a few
+times the largest *changed* tensor, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.errors import NotFound, Refused, Unsupported
+from ckpt_tool.io.atomic import atomic_write
+from ckpt_tool.io.container import Probe
+from ckpt_tool.io.tensors import DTYPE_ALIASES, TensorReader, dtype_name, torch_dtype
+from ckpt_tool.io.writers import (
+    TensorSpec,
+    open_sharded_safetensors,
+    open_torch,
+    output_files,
+    parse_size,
+)
+from ckpt_tool.model import DTYPE_SIZES, CheckpointInfo, TensorInfo
+from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
+
+if TYPE_CHECKING:
+    import torch
+
+LIT_WEIGHTS = "lit_model.pth"
+DEFAULT_SHARD = "5GB"
+FORMATS = ("lit", "safetensors")
+
+
+@dataclass
+class Output:
+    """Where ``execute`` writes: a torch zip file (``fmt="lit"``) or a safetensors dir (``fmt="safetensors"``)."""
+
+    fmt: str
+    weights: Path  # the lit_model.pth file, or the directory for safetensors
+    max_shard_size: int = 5 * 10**9
+    copy_files: list[Path] = field(default_factory=list)
+    copy_dir: Path | None = None
+
+    def specs_files(self, specs: list[TensorSpec]) -> list[Path]:
+        if self.fmt == "lit":
+            return [self.weights]
+        return output_files(self.weights, specs, self.max_shard_size)
+
+    def copies(self) -> list[tuple[Path, Path]]:
+        if self.copy_dir is None:
+            return []
+        pairs = []
+        for src in self.copy_files:
+            dst = self.copy_dir / src.name
+            if not _same_file(src, dst):
+                pairs.append((src, dst))
+        return pairs
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def output_specs(plan: MergePlan, fmt: str) -> list[tuple[TensorInfo, TensorSpec]]:
+    """The written tensors in write order (base file order; for safetensors, widest dtypes first
+    so every tensor stays aligned to its item size, as ``safetensors`` itself arranges them)."""
+    pairs = []
+    for t in plan.base.tensors:
+        if t.name in plan.drop:
+            continue
+        if t.name not in plan.out_dtype:
+            raise Unsupported(f"merge plan gives no output dtype for {t.name!r} (plugin bug)")
+        pairs.append((t, TensorSpec(plan.rename.get(t.name, t.name), plan.out_dtype[t.name], tuple(t.shape))))
+    names = [s.name for _, s in pairs]
+    if len(set(names)) != len(names):
+        raise Refused("the merged model would hold two tensors of the same name", "the plan's renames collide")
+    if fmt == "safetensors":
+        pairs.sort(key=lambda p: -DTYPE_SIZES[p[1].dtype])
+    return pairs
+
+
+class _Progress:
+    """A rich progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(
+                TextColumn("merging"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                console=Console(stderr=True), transient=True,
+            )
+            self.task = self.bar.add_task("merge", total=total)
+            self.bar.start()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, Any]:
+    """Stream the merge described by ``plan`` into ``out``. Returns counts for the summary.
+
+    Nothing is visible at the output paths until every tensor was written and
+    fsynced; any exception (or Ctrl-C) removes the temp files.
+    """
+    import torch
+
+    pairs = output_specs(plan, out.fmt)
+    specs = [s for _, s in pairs]
+    counts = {"changed": 0, "copied": 0, "converted": 0, "dropped": len(plan.drop & {t.name for t in plan.base.tensors})}
+    reader = TensorReader()
+    fds: dict[str, int] = {}
+
+    def load(name: str) -> torch.Tensor:
+        info = plan.adapter_tensors.get(name)
+        if info is None:
+            raise Refused(f"the merge needs adapter tensor {name!r}, which is not in the adapter")
+        return reader.tensor(info)
+
+    def fd_for(path: str) -> int:
+        if path not in fds:
+            fds[path] = os.open(path, os.O_RDONLY)
+        return fds[path]
+
+    bar = _Progress(sum(s.nbytes for s in specs), progress)
+    try:
+        if out.fmt == "lit":
+            ctx = open_torch(out.weights, specs, wrapper=plan.wrapper)
+        else:
+            ctx = open_sharded_safetensors(out.weights, specs, out.max_shard_size)
+        with ctx as writer:
+            for info, spec in pairs:
+                change = plan.changes.get(info.name)
+                if change is None and spec.dtype == info.dtype and info.is_contiguous:
+                    begin, end = info.byte_range
+                    raw = reader.raw(info)
+                    start = info.storage_offset * info.itemsize
+                    view = memoryview(raw[start : start + info.nbytes].numpy()) if info.nbytes else memoryview(b"")
+                    writer.copy(spec.name, fd_for(info.file), begin, end - begin, view)
+                    counts["copied"] += 1
+                else:
+                    base = reader.tensor(info)
+                    want = torch_dtype(spec.dtype)
+                    if change is not None:
+                        result = change(base, load)
+                        counts["changed"] += 1
+                    else:
+                        result = base
+                        counts["converted" if spec.dtype != info.dtype else "copied"] += 1
+                    if result.dtype != want:
+                        result = result.to(want)
+                    if tuple(result.shape) != spec.shape:
+                        raise Unsupported(
+                            f"merge of {info.name!r} produced shape {tuple(result.shape)}, expected {spec.shape} (plugin bug)"
+                        )
+                    writer.write(spec.name, result)
+                    del result, base
+                bar.advance(spec.nbytes)
+            for src, dst in out.copies():
+                with open(src, "rb") as fin, atomic_write(dst) as fout:
+                    shutil.copyfileobj(fin, fout, 1 << 20)
+    finally:
+        bar.close()
+        for fd in fds.values():
+            os.close(fd)
+        reader.close()
+    counts["written"] = len(specs)
+    counts["bytes"] = sum(s.nbytes for s in specs)
+    return counts
+
+
+# --- the operation ---------------------------------------------------------------------------------
+
+
+def _resolve_dtype(dtype: str) -> str:
+    if dtype == "auto":
+        return "auto"
+    name = DTYPE_ALIASES.get(dtype.lower())
+    if name is None:
+        raise Refused(f"unknown --dtype {dtype!r}", "use auto, bf16, fp16 or fp32")
+    return name
+
+
+def _adapter_of(info: CheckpointInfo) -> CheckpointInfo:
+    """The adapter at a path; a merged ``final/`` reports its adapter as a companion."""
+    if info.kind == "adapter":
+        return info
+    for comp in info.companions:
+        if comp.kind == "adapter":
+            return comp
+    raise Refused(
+        f"{info.path} is a {info.format} model, not an adapter",
+        "pass the adapter (LoRA) checkpoint as the first argument and the model as --base",
+    )
+
+
+def _plugin_manager() -> Any:
+    from ckpt_tool.plugins import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+def build_plan(adapter_path: Path, options: MergeOptions, probe: Probe | None = None) -> MergePlan:
+    """Detect the adapter and its base and ask the adapter's plugin for the plan."""
+    from ckpt_tool.ops.inspect import detect
+
+    probe = probe or Probe()
+    adapter = _adapter_of(detect(adapter_path, probe))
+    pm = _plugin_manager()
+    base_path = options.base
+    if base_path is None:
+        base_path = pm.hook.ckpt_merge_base(adapter=adapter)
+        if base_path is None:
+            raise NotFound(
+                f"{adapter_path}: the adapter does not record a base model that exists here",
+                "pass the base model with --base PATH",
+            )
+    base = detect(base_path, probe)
+    if base.kind != "model":
+        raise Refused(f"{base_path} is an adapter, not a base model", "pass the base model with --base PATH")
+    plan = pm.hook.ckpt_merge_plan(adapter=adapter, base=base, options=options)
+    if plan is None:
+        raise Unsupported(
+            f"no plugin can merge a {adapter.format} {adapter.adapter_type or ''} adapter".replace("  ", " "),
+            "run 'ckpt-tool plugins' to see the formats understood here",
+        )
+    return plan
+
+
+def decide_output(plan: MergePlan, out: Path | None, fmt: str | None, max_shard_size: str) -> Output:
+    """Map the plan's layout and the user's --out/--format onto concrete files."""
+    layout = plan.layout
+    fmt = fmt or ("lit" if layout == "lit" else "safetensors")
+    if fmt not in FORMATS:
+        raise Refused(f"unknown --format {fmt!r}", "use lit or safetensors")
+    try:
+        shard = parse_size(max_shard_size)
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    if out is not None:
+        if out.exists() and not out.is_dir():
+            raise Refused(f"--out {out} is a file", "--out names a directory that receives the merged checkpoint")
+        weights = out / LIT_WEIGHTS if fmt == "lit" else out
+        return Output(fmt, weights, shard, list(plan.copy_files), out)
+    if plan.default_out is None:
+        raise Refused("this adapter has no default output location", "pass --out DIR")
+    default = Path(plan.default_out)
+    if fmt == "lit":
+        weights = default if default.suffix else default / LIT_WEIGHTS
+        return Output(fmt, weights, shard)
+    target = default.parent if default.suffix else default
+    copy_dir = target if layout == "hf" else None
+    return Output(fmt, target, shard, list(plan.copy_files), copy_dir)
+
+
+def merge(
+    adapter_path: Path,
+    base: Path | None = None,
+    out: Path | None = None,
+    dtype: str = "auto",
+    fmt: str | None = None,
+    max_shard_size: str = DEFAULT_SHARD,
+    force: bool = False,
+    dry_run: bool = False,
+    adapter_name: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Merge the adapter at ``adapter_path`` into its base; returns the JSON summary.
+
+    Raises ``Refused`` (nothing written) for incompatible inputs, outputs that
+    exist without ``force``, or outputs that would replace an input file.
+    """
+    started = time.perf_counter()
+    options = MergeOptions(
+        dtype=_resolve_dtype(dtype),
+        adapter_name=adapter_name,
+        base=base,
+        extra={"out": out, "force": force, "format": fmt},
+    )
+    plan = build_plan(adapter_path, options)
+    target = decide_output(plan, out, fmt, max_shard_size)
+    specs = [s for _, s in output_specs(plan, target.fmt)]
+    files = target.specs_files(specs) + [dst for _, dst in target.copies()]
+
+    inputs = {os.path.realpath(f) for f in plan.base.files + plan.adapter.files}
+    inputs |= {os.path.realpath(t.file) for t in plan.base.tensors}
+    inputs |= {os.path.realpath(t.file) for t in plan.adapter_tensors.values()}
+    clash = [str(f) for f in files if os.path.realpath(f) in inputs]
+    if clash:
+        raise Refused(
+            f"the output would replace an input file ({', '.join(clash)})",
+            "write the merged model somewhere else with --out DIR",
+        )
+    existing = [str(f) for f in files if os.path.lexists(f)]
+    if existing and not force:
+        raise Refused(
+            f"output already exists: {', '.join(existing)}",
+            "pass --force to overwrite, or choose another --out",
+        )
+
+    summary: dict[str, Any] = {
+        "adapter": str(plan.adapter.path),
+        "base": str(plan.base.path),
+        "adapter_type": plan.adapter.adapter_type,
+        "format": target.fmt,
+        "outputs": [str(f) for f in files],
+        "dtype": _dtype_summary(specs),
+        "dry_run": dry_run,
+    }
+    summary.update(plan.summary)
+    if dry_run:
+        summary["tensors"] = {
+            "written": len(specs),
+            "changed": sum(1 for t in plan.base.tensors if t.name in plan.changes and t.name not in plan.drop),
+            "dropped": len(plan.drop),
+            "bytes": sum(s.nbytes for s in specs),
+        }
+    else:
+        summary["tensors"] = execute(plan, target, progress=progress)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:
+    from ckpt_tool.model import DTYPE_NAMES
+
+    out: dict[str, int] = {}
+    for s in specs:
+        key = DTYPE_NAMES.get(s.dtype, s.dtype)
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+__all__ = ["MergeOptions", "MergePlan", "Output", "build_plan", "decide_output", "execute", "merge", "dtype_name"]

@@ -1,0 +1,128 @@
+"""Read the small side files of a LitGPT checkpoint safely.
+
+``hyperparameters.yaml`` and ``model_config.yaml`` arrive with checkpoints
+downloaded from strangers, and ``yaml.load`` with the default loader can build
+arbitrary Python objects (``!!python/object/apply``). Everything here goes
+through ``yaml.safe_load`` / ``json.loads`` and maps every parse problem to
+``InvalidFile`` so the CLI prints one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckpt_tool.errors import InvalidFile
+
+HYPERPARAMETERS = "hyperparameters.yaml"
+MODEL_CONFIG = "model_config.yaml"
+LEGACY_CONFIG = "lit_config.json"  # before 2024-03-12 (formats.md §2.2)
+MAX_CONFIG_BYTES = 16 << 20  # these files are a few KB; refuse absurd ones before parsing
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InvalidFile(f"{path}: implausibly large for a config file ({size} bytes)")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidFile(f"{path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InvalidFile(f"{path}: cannot read ({exc.strerror or exc})") from None
+
+
+def _mapping(path: Path, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidFile(
+            f"{path}: expected a mapping of settings, found {type(data).__name__}",
+            "the file is damaged or not a LitGPT config; restore it from the training run",
+        )
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise InvalidFile(f"{path}: setting names must be strings, found {bad[0]!r}")
+    return data
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Parse a YAML file that must hold a mapping (safe loader only).
+
+    Raises:
+        InvalidFile: unreadable, invalid YAML, a Python-object tag, or not a mapping.
+    """
+    text = _read_text(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        tag = getattr(exc, "problem", "") or str(exc)
+        raise InvalidFile(
+            f"{path}: refusing YAML tag ({' '.join(str(tag).split())}): only plain YAML is read",
+            "LitGPT writes plain YAML; python/object tags can run code, so this file may be malicious",
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise InvalidFile(f"{path}: invalid YAML{where} ({problem})", "fix or restore the file") from None
+    except RecursionError:
+        raise InvalidFile(f"{path}: YAML nests too deeply") from None
+    return _mapping(path, data)
+
+
+def read_json_mapping(path: Path) -> dict[str, Any]:
+    """Parse a JSON file that must hold an object (legacy ``lit_config.json``)."""
+    text = _read_text(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidFile(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})"
+        ) from None
+    except RecursionError:
+        raise InvalidFile(f"{path}: JSON nests too deeply") from None
+    return _mapping(path, data)
+
+
+def read_hyperparameters(directory: Path) -> dict[str, Any] | None:
+    """``hyperparameters.yaml`` of a checkpoint folder (the recorded command line), or None."""
+    p = directory / HYPERPARAMETERS
+    return read_yaml_mapping(p) if p.is_file() else None
+
+
+def read_model_config(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The model config and the file it came from: ``model_config.yaml``, else legacy ``lit_config.json``."""
+    p = directory / MODEL_CONFIG
+    if p.is_file():
+        return read_yaml_mapping(p), MODEL_CONFIG
+    p = directory / LEGACY_CONFIG
+    if p.is_file():
+        return read_json_mapping(p), LEGACY_CONFIG
+    return None, None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def qkv_sizes(config: dict[str, Any] | None) -> tuple[int, int, int] | None:
+    """Rows of q, k and v in the fused ``attn.qkv`` weight, from the model config.
+
+    ``q = n_head·hs``, ``k = v = n_query_groups·hs`` with ``hs = head_size`` or
+    ``n_embd // n_head`` (formats.md §2.3). None when the config lacks them.
+    """
+    if not config:
+        return None
+    n_head = _int(config.get("n_head"))
+    if n_head is None:
+        return None
+    groups = _int(config.get("n_query_groups")) or n_head
+    hs = _int(config.get("head_size"))
+    if hs is None:
+        n_embd = _int(config.get("n_embd"))
+        if n_embd is None:
+            return None
+        hs = n_embd // n_head
+    return n_head * hs, groups * hs, groups * hs

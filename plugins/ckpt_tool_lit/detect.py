@@ -1,0 +1,620 @@
+"""Recognise LitGPT checkpoints (today's layouts and every legacy one) from names and headers.
+
+The same LitGPT file name has meant different things over time
+(``final/lit_model.pth`` was LoRA-only for a week in March 2024), and the
+LoRA rank, alpha and targets live only in ``hyperparameters.yaml``, which
+records the command line rather than what was trained. So detection trusts
+keys and shapes for *what* a file is, reads the side files for *how* it was
+trained, cross-checks the two and says so when they disagree or when a legacy
+layout needs upgrading (formats.md §2).
+
+Never reads tensor bytes and never imports torch: the CLI must stay instant.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool.errors import CkptError, NotFound
+from ckpt_tool.io import sniff as _sniff
+from ckpt_tool.model import CheckpointInfo, TensorInfo
+from ckpt_tool_lit import config as _config
+from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify
+
+FORMAT = "lit"
+BASE_NAME = "lit_model.pth"
+ADAPTER_NAMES = (WEIGHTS_NAME[LORA], WEIGHTS_NAME[ADAPTER], WEIGHTS_NAME[ADAPTER_V2])
+SUFFIX_CLASS = {name: cls for cls, name in WEIGHTS_NAME.items() if cls != FULL}
+MARKER_FILES = (_config.MODEL_CONFIG, _config.LEGACY_CONFIG, _config.HYPERPARAMETERS, "prompt_style.yaml")
+HF_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+LORA_FLAGS = ("query", "key", "value", "projection", "mlp", "head")
+OLD_DEFAULT_ALPHA = 16
+
+# Legacy final files of lit-gpt's ``out_dir`` (formats.md §2.2), with the era they belong to.
+LEGACY_FINAL: dict[str, str] = {
+    "lit_model_lora_finetuned.pth": "lit-gpt LoRA output, May 2023 – Mar 2024",
+    "lit_model_adapter_finetuned.pth": "lit-gpt adapter output (one name for v1 and v2), May 2023 – Mar 2024",
+    "lit_model_finetuned.pth": "lit-gpt full fine-tune output, Jun 2023 – Mar 2024",
+}
+# Legacy intermediate files: (pattern, era).
+LEGACY_INTERMEDIATE: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"^iter-(\d+)-ckpt\.pth$"), "lit-gpt intermediate checkpoint, Jun 2023 – Mar 2024"),
+    (re.compile(r"^iter-(\d+)\.pth$"), "lit-gpt intermediate checkpoint, May – Jun 2023"),
+    (re.compile(r"^step-(\d+)\.pth$"), "lit-gpt intermediate full fine-tune state, Jan – Mar 2024"),
+)
+ITER_DIR = re.compile(r"^iter-(\d+)$")
+
+_LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<part>[AB])$")
+_LEGACY_ATTN = re.compile(r"\.attn\.attn\.")
+# Keys only LitGPT's GPT has (HF GPT-2 also starts with ``transformer.``, so that is not enough).
+_DISTINCTIVE = re.compile(r"^transformer\.h\.\d+\.(norm_1|attn\.qkv|attn\.attn)\.")
+_CLASS_TEXT = {LORA: "LoRA adapter", ADAPTER: "adapter (v1)", ADAPTER_V2: "adapter v2", FULL: "model"}
+
+
+@dataclass
+class _Side:
+    """The side files of the folder holding a weights file."""
+
+    dir: Path
+    hyperparameters: dict[str, Any] | None
+    model_config: dict[str, Any] | None
+    config_name: str | None
+
+
+def _read_side(directory: Path) -> _Side:
+    hp = _config.read_hyperparameters(directory)
+    cfg, cfg_name = _config.read_model_config(directory)
+    return _Side(directory, hp, cfg, cfg_name)
+
+
+# ---------------------------------------------------------------------------
+# entry point
+
+
+def detect(path: Path, probe: Any) -> CheckpointInfo | None:
+    """Describe the LitGPT checkpoint at ``path`` (a folder or a weights file), or None if it is not one.
+
+    Raises:
+        InvalidFile: a LitGPT weights or side file is malformed or hostile.
+        NotFound: a LitGPT folder that holds no weights (with a hint where they are).
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _detect_dir(path, probe)
+    if path.is_file():
+        return _detect_file(path, probe)
+    return None
+
+
+def _known_name(file: Path) -> bool:
+    name = file.name
+    return (
+        name == BASE_NAME
+        or name in ADAPTER_NAMES
+        or name in LEGACY_FINAL
+        or any(p.match(name) for p, _ in LEGACY_INTERMEDIATE)
+    )
+
+
+def _detect_file(file: Path, probe: Any) -> CheckpointInfo | None:
+    if probe.kind(file) == _sniff.SAFETENSORS:
+        return None  # LitGPT never writes safetensors: leave it to the generic handler
+    if _known_name(file):
+        return _describe(file, probe, lambda: _read_side(file.parent), as_dir=False)
+    # Any other name: claim it only when the content is unmistakably LitGPT, and let the
+    # generic handler report files it cannot read.
+    if probe.kind(file) != _sniff.TORCH_ZIP:
+        return None
+    try:
+        probe.container(file)
+    except CkptError:
+        return None
+    return _describe(file, probe, lambda: _read_side(file.parent), as_dir=False)
+
+
+def _intermediate_number(name: str) -> int | None:
+    for pattern, _era in LEGACY_INTERMEDIATE:
+        m = pattern.match(name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _detect_dir(d: Path, probe: Any) -> CheckpointInfo | None:
+    side_cache: list[_Side] = []
+
+    def side() -> _Side:
+        if not side_cache:
+            side_cache.append(_read_side(d))
+        return side_cache[0]
+
+    adapters = [d / n for n in ADAPTER_NAMES if (d / n).is_file()]
+    legacy_finals = [d / n for n in LEGACY_FINAL if (d / n).is_file()]
+    intermediates = sorted(
+        (f for f in d.iterdir() if f.is_file() and _intermediate_number(f.name) is not None),
+        key=lambda f: (_intermediate_number(f.name), f.name),
+    )
+    base = d / BASE_NAME
+    if base.is_file():
+        main, others = base, adapters
+    elif adapters:
+        main, others = adapters[0], adapters[1:]
+    elif legacy_finals:
+        main, others = legacy_finals[0], legacy_finals[1:]
+    elif intermediates:
+        main, others = intermediates[-1], []
+    else:
+        return _no_weights(d)
+
+    info = _describe(main, probe, side, as_dir=True)
+    if info is None:
+        return None
+    info.path = str(d)
+    for other in others:
+        comp = _describe(other, probe, side, as_dir=True)
+        if comp is not None:
+            info.companions.append(comp)
+    if main == base and info.companions:
+        _check_merged(info)
+    elif info.companions:
+        names = ", ".join(Path(c.files[0]).name for c in info.companions)
+        info.warnings.append(
+            f"{d.name}/ holds several adapter files ({Path(main).name}, {names}); each is reported — "
+            "LitGPT loads only the one matching the command you run"
+        )
+    if intermediates and main not in intermediates:
+        info.metadata["intermediate_checkpoints"] = len(intermediates)
+    elif len(intermediates) > 1:
+        info.metadata["intermediate_checkpoints"] = len(intermediates)
+        info.warnings.append(
+            f"{d.name}/ holds {len(intermediates)} legacy intermediate checkpoints and no final one; "
+            f"showing the latest, {main.name}"
+        )
+    return info
+
+
+def _no_weights(d: Path) -> CheckpointInfo | None:
+    """A folder without LitGPT weights: step aside, or say where the weights are."""
+    if any((d / n).is_file() for n in MARKER_FILES):
+        if any(f.is_file() and f.name.endswith(HF_WEIGHT_SUFFIXES) for f in d.iterdir()):
+            return None  # e.g. a downloaded HF model not converted yet: the HF handler describes it
+        raise NotFound(
+            f"{d}: a LitGPT checkpoint folder without weights (no {BASE_NAME} or {BASE_NAME}.lora/.adapter/.adapter_v2)",
+            "the weights file is missing; restore it or convert the model with 'litgpt convert_to_litgpt'",
+        )
+    subdirs = [s for s in ("final",) if (d / s / BASE_NAME).is_file() or any((d / s / n).is_file() for n in ADAPTER_NAMES)]
+    steps = sorted(p.name for p in d.glob("step-*") if p.is_dir())
+    if subdirs:
+        raise NotFound(
+            f"{d}: a LitGPT run directory; its checkpoints are in final/"
+            + (f" and {len(steps)} step-*/ folders" if steps else ""),
+            f"inspect one of them, e.g. 'ckpt-tool inspect {d / 'final'}'",
+        )
+    return None
+
+
+# ---------------------------------------------------------------------------
+# one weights file
+
+
+def _is_lit(cls: str, keys: list[str]) -> bool:
+    if cls == UNKNOWN:
+        return False
+    if cls == FULL:
+        return any(_DISTINCTIVE.match(k) for k in keys)
+    return True
+
+
+def _describe(file: Path, probe: Any, side_loader: Callable[[], _Side], *, as_dir: bool) -> CheckpointInfo | None:
+    if probe.kind(file) == _sniff.SAFETENSORS:
+        return None
+    container = probe.container(file)
+    if container.kind != "torch":
+        return None
+    keys = list(container.tensors)
+    cls = classify(keys)
+    if not _is_lit(cls, keys):
+        return None
+    side = side_loader()
+    hp, cfg = side.hyperparameters, side.model_config
+    warnings: list[str] = []
+    metadata: dict[str, Any] = {}
+    where = f"{file.parent.name}/" if as_dir else f"{file.parent.name}/{file.name}"
+
+    if hp:
+        for key in ("checkpoint_dir", "precision"):
+            value = hp.get(key)
+            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+                metadata[key] = value
+    if cfg and isinstance(cfg.get("name"), str):
+        metadata["model"] = cfg["name"]
+    if side.config_name == _config.LEGACY_CONFIG:
+        warnings.append(
+            f"legacy config file {_config.LEGACY_CONFIG} (LitGPT before 2024-03-12); today it is "
+            f"{_config.MODEL_CONFIG} — run 'ckpt-tool migrate' to upgrade"
+        )
+    warnings += _name_warnings(file, cls, metadata)
+
+    tz = container.torch
+    state_keys = list(tz.extras) if tz else []
+    if tz and isinstance(tz.obj, dict):
+        for key in ("iter_num", "step_count", "epoch"):
+            value = tz.obj.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                metadata[key] = value
+    training_state = container.training_state
+
+    lora = None
+    details: dict[str, Any] = {
+        "hyperparameters": hp,
+        "model_config": cfg,
+        "weights": str(file.absolute()),
+        "dir": str(side.dir.absolute()),
+        "class": cls,
+    }
+    tensors = container.tensors
+    if any(_LEGACY_ATTN.search(k) for k in keys):
+        metadata["attention_layout"] = "legacy fused attn.attn (LitGPT < 0.5.5)"
+        warnings.append(
+            "legacy layout: fused attention 'attn.attn' with rows interleaved per query group "
+            "(LitGPT before 0.5.5, Dec 2024); today's LitGPT expects 'attn.qkv' grouped [Q|K|V] — "
+            "run 'ckpt-tool migrate' to convert"
+        )
+    if cls == LORA:
+        lora, lora_warnings, lora_details = _lora_summary(tensors, hp, cfg)
+        warnings += lora_warnings
+        details.update(lora_details)
+        if any(_LEGACY_ATTN.search(k) for k in keys):
+            warnings.append(
+                "legacy LoRA on 'attn.attn': where its delta lands depends on the LitGPT era that wrote it "
+                "(contiguous q/k/v ranges before 2024-02-05, per-head rows until 2024-12-26); the tensors "
+                "do not say which, so converting or merging needs the era named explicitly"
+            )
+        description = f"LitGPT LoRA adapter ({where})"
+    elif cls in (ADAPTER, ADAPTER_V2):
+        metadata.update(_adapter_facts(tensors, cls))
+        description = f"LitGPT {_CLASS_TEXT[cls]} ({where})"
+    else:
+        description = _model_description(file, keys, container.wrapper, training_state, metadata, where, warnings)
+    if training_state:
+        metadata["state_keys"] = state_keys
+    return CheckpointInfo(
+        path=str(file),
+        format=FORMAT,
+        kind="model" if cls == FULL else "adapter",
+        adapter_type=None if cls == FULL else cls,
+        container="torch",
+        files=[str(file.absolute())],
+        tensors=list(tensors.values()),
+        lora=lora,
+        warnings=warnings,
+        metadata=metadata,
+        training_state=training_state,
+        wrapper=container.wrapper,
+        description=description,
+        details=details,
+    )
+
+
+def _model_description(
+    file: Path,
+    keys: list[str],
+    wrapper: str | None,
+    training_state: bool,
+    metadata: dict[str, Any],
+    where: str,
+    warnings: list[str],
+) -> str:
+    if any(_LORA_KEY.match(k) for k in keys):
+        warnings.append(
+            "the file holds LoRA tensors next to the base weights (an unmerged LoRA training state); "
+            "LitGPT's loaders expect them split into lit_model.pth.lora"
+        )
+    if training_state:
+        step = metadata.get("step_count", metadata.get("iter_num"))
+        at = f" at step {metadata['step_count']}" if "step_count" in metadata else (
+            f" at iteration {step}" if step is not None else ""
+        )
+        return f"LitGPT training state: model weights + optimizer state{at} ({where})"
+    if wrapper == "model":
+        return f"LitGPT full fine-tune ({where})"
+    return f"LitGPT model ({where})"
+
+
+def _name_warnings(file: Path, cls: str, metadata: dict[str, Any]) -> list[str]:
+    """Warnings for legacy names and for names that do not match the content."""
+    name = file.name
+    modern = WEIGHTS_NAME[cls]
+    migrate = "run 'ckpt-tool migrate' on the run directory to upgrade it"
+    out: list[str] = []
+    if name in LEGACY_FINAL:
+        era = LEGACY_FINAL[name]
+        metadata["legacy_era"] = era
+        metadata["modern_name"] = f"final/{modern}"
+        out.append(f"legacy LitGPT file name '{name}' ({era}); today's runs write final/{modern} — {migrate}")
+        expected = {"lit_model_lora_finetuned.pth": (LORA,), "lit_model_adapter_finetuned.pth": (ADAPTER, ADAPTER_V2),
+                    "lit_model_finetuned.pth": (FULL,)}[name]
+        if cls not in expected:
+            out.append(f"'{name}' holds a {_CLASS_TEXT[cls]}, not what its name says; the content decides")
+        return out
+    for pattern, era in LEGACY_INTERMEDIATE:
+        m = pattern.match(name)
+        if m:
+            metadata["legacy_era"] = era
+            unit = "optimizer steps" if name.startswith("step-") else "micro-batch iterations"
+            metadata["modern_name"] = f"{name.split('.')[0].removesuffix('-ckpt')}/{modern}"
+            out.append(
+                f"legacy LitGPT intermediate checkpoint '{name}' ({era}; the number counts {unit} and is kept as is); "
+                f"today each checkpoint is a folder holding {modern} — {migrate}"
+            )
+            return out
+    if name == BASE_NAME and ITER_DIR.match(file.parent.name):
+        era = "LitGPT intermediate folder, 2024-03-04 → 03-08"
+        metadata["legacy_era"] = era
+        metadata["modern_name"] = f"{file.parent.name}/{modern}"
+        out.append(
+            f"legacy LitGPT layout '{file.parent.name}/{name}' ({era}; iter counts micro-batch iterations, "
+            f"today's step-NNNNNN/ folders count optimizer steps) — {migrate}"
+        )
+    if name == BASE_NAME and cls != FULL:
+        metadata.setdefault("legacy_era", "LitGPT 2024-03-04 → 03-08 saved adapter weights as lit_model.pth")
+        metadata["modern_name"] = modern
+        out.append(
+            f"{name} holds only {_CLASS_TEXT[cls]} tensors: it is an adapter, not a model (LitGPT saved adapters "
+            f"under this name in March 2024). Rename it to {modern} ('ckpt-tool migrate' does this); today's "
+            "LitGPT would try to load it as a full model"
+        )
+    elif name in SUFFIX_CLASS and SUFFIX_CLASS[name] != cls:
+        out.append(f"'{name}' holds a {_CLASS_TEXT[cls]}, not what its name says; the content decides (rename it to {modern})")
+    return out
+
+
+def _adapter_facts(tensors: dict[str, TensorInfo], cls: str) -> dict[str, Any]:
+    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"^transformer\.h\.(\d+)\.", k))}
+    facts: dict[str, Any] = {}
+    prompt = [t for k, t in tensors.items() if k.endswith("adapter_wte.weight") and len(t.shape) == 2]
+    if prompt:
+        facts["adapter_prompt_length"] = prompt[0].shape[0]
+        facts["adapter_layers"] = len(prompt)
+    elif layers and cls == ADAPTER:
+        facts["adapter_layers"] = len(layers)
+    return facts
+
+
+# ---------------------------------------------------------------------------
+# LoRA: rank, alpha and targets
+
+
+def _module_kind(mod: str) -> str:
+    if mod.endswith((".attn.qkv", ".attn.attn")):
+        return "qkv"
+    if mod.endswith(".attn.proj"):
+        return "projection"
+    if mod == "lm_head":
+        return "head"
+    if ".mlp." in mod:
+        return "mlp"
+    return "other"
+
+
+def _setting(sources: list[dict[str, Any]], *names: str) -> Any:
+    for src in sources:
+        for name in names:
+            if name in src:
+                return src[name]
+    return None
+
+
+def _pos_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _number(value: Any) -> float | int | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _recorded(hp: dict[str, Any] | None, cfg: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """LoRA settings as recorded: hyperparameters.yaml (``lora_*``, or the old ``r``/``to_*`` names), else a
+    model config saved from ``litgpt.lora.Config`` (which has ``lora_*`` fields)."""
+    for src, name in ((hp, _config.HYPERPARAMETERS), (cfg, "model config")):
+        if not src:
+            continue
+        if any(k in src for k in ("lora_r", "lora_alpha", "r", "alpha", "to_query", "lora_query")):
+            out: dict[str, Any] = {
+                "r": _setting([src], "lora_r", "r"),
+                "alpha": _setting([src], "lora_alpha", "alpha"),
+                "dropout": _setting([src], "lora_dropout", "dropout"),
+            }
+            for flag in LORA_FLAGS:
+                out[flag] = _setting([src], f"lora_{flag}", f"to_{flag}")
+            return out, name
+    return {}, None
+
+
+def _lora_summary(
+    tensors: dict[str, TensorInfo], hp: dict[str, Any] | None, cfg: dict[str, Any] | None
+) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
+    """Rank, alpha, dropout and enabled targets of a LitGPT LoRA state dict, checked against its shapes.
+
+    ``lora_A`` is ``(r·k, in)`` for the fused qkv with k enabled parts and
+    ``(r, in)`` elsewhere; ``lora_B`` is ``(out_enabled, r)`` (formats.md §2.3).
+    """
+    warnings: list[str] = []
+    modules: dict[str, dict[str, TensorInfo]] = {}
+    for name, t in tensors.items():
+        m = _LORA_KEY.match(name)
+        if m:
+            modules.setdefault(m.group("mod"), {})[m.group("part")] = t
+
+    ranks: dict[int, int] = {}
+    present = dict.fromkeys(("projection", "mlp", "head"), False)
+    qkv_parts: list[tuple[int, int]] = []  # (k enabled parts, rows of B) per qkv module
+    broken: list[str] = []
+    for mod, parts in modules.items():
+        a, b = parts.get("A"), parts.get("B")
+        if a is None or b is None:
+            broken.append(f"{mod} has lora_{'A' if a is not None else 'B'} but no lora_{'B' if a is not None else 'A'}")
+            continue
+        if len(a.shape) != 2 or len(b.shape) != 2 or 0 in a.shape or 0 in b.shape:
+            broken.append(f"{mod}: lora_A {list(a.shape)} / lora_B {list(b.shape)} are not 2-D matrices "
+                          "(an empty or flattened save, e.g. un-gathered ZeRO-3 shards)")
+            continue
+        r = b.shape[1]
+        kind = _module_kind(mod)
+        if a.shape[0] % r:
+            broken.append(f"{mod}: lora_A has {a.shape[0]} rows, not a multiple of the rank {r} from lora_B")
+            continue
+        k = a.shape[0] // r
+        if kind != "qkv" and k != 1:
+            broken.append(f"{mod}: lora_A has {a.shape[0]} rows, expected the rank {r}")
+            continue
+        ranks[r] = ranks.get(r, 0) + 1
+        if kind == "qkv":
+            if not 1 <= k <= 3:
+                broken.append(f"{mod}: lora_A has {a.shape[0]} rows = {k} × rank {r}; the fused qkv has 3 parts at most")
+                continue
+            qkv_parts.append((k, b.shape[0]))
+        elif kind in present:
+            present[kind] = True
+        else:
+            warnings.append(f"LoRA tensors on an unexpected module '{mod}'")
+    for problem in broken[:5]:
+        warnings.append(f"damaged LoRA tensors: {problem}")
+    if len(broken) > 5:
+        warnings.append(f"... and {len(broken) - 5} more damaged LoRA modules")
+
+    r_tensors = max(ranks, key=lambda r: ranks[r]) if ranks else None
+    if len(ranks) > 1:
+        warnings.append(f"LoRA ranks differ between modules ({sorted(ranks)}); LitGPT uses one rank for all")
+
+    # Which of q, k, v the fused qkv tensors cover.
+    sizes = _config.qkv_sizes(cfg)
+    candidates: list[tuple[bool, bool, bool]] | None = None
+    for k, rows in set(qkv_parts):
+        combos = [c for c in itertools.product((True, False), repeat=3) if sum(c) == k]
+        if sizes:
+            combos = [c for c in combos if sum(s for s, on in zip(sizes, c) if on) == rows]
+        candidates = combos if candidates is None else [c for c in candidates if c in combos]
+    if candidates is None:
+        candidates = [(False, False, False)]  # no qkv LoRA tensors at all
+    elif not candidates and sizes:
+        warnings.append(
+            f"the attn.qkv LoRA shapes fit no combination of query/key/value for this model config "
+            f"(q, k, v rows = {sizes}); the config may not be the one the adapter was trained on"
+        )
+
+    recorded, source = _recorded(hp, cfg)
+    r_rec = recorded.get("r")
+    alpha = _number(recorded.get("alpha"))
+    dropout = _number(recorded.get("dropout"))
+    if recorded and r_rec is not None and _pos_int(r_rec) is None:
+        warnings.append(f"{source}: lora_r = {r_rec!r} is not a positive integer; using the rank from the tensors")
+    r = _pos_int(r_rec)
+    details: dict[str, Any] = {"lora_rank_tensors": r_tensors, "qkv_candidates": [list(c) for c in candidates]}
+    if r is not None and r_tensors is not None and r != r_tensors:
+        warnings.append(
+            f"rank mismatch: {source} says lora_r = {r} but the LoRA tensors have rank {r_tensors}; "
+            "the file does not match its recorded settings (LitGPT would fail to load it)"
+        )
+        details["rank_mismatch"] = (r, r_tensors)
+    if r is None:
+        r = r_tensors
+
+    flags: dict[str, bool | None] = {}
+    rec_flags = {f: recorded.get(f) for f in LORA_FLAGS}
+    have_rec = source is not None and all(isinstance(v, bool) for v in rec_flags.values())
+    if source is not None and not have_rec:
+        missing = [f for f, v in rec_flags.items() if not isinstance(v, bool)]
+        warnings.append(f"{source} does not record lora_{'/'.join(missing)}; inferred from the tensors where possible")
+    # q/k/v
+    rec_qkv = tuple(rec_flags[f] for f in ("query", "key", "value"))
+    if all(isinstance(v, bool) for v in rec_qkv):
+        flags.update(zip(("query", "key", "value"), rec_qkv))
+        if candidates and rec_qkv not in candidates:
+            warnings.append(
+                f"{source} enables {_parts(rec_qkv)} on attn.qkv but the LoRA tensors cover "
+                + (_parts(candidates[0]) if len(candidates) == 1 else f"{sum(candidates[0])} part(s)")
+            )
+    elif candidates:
+        # A part is known when every combination that fits the shapes agrees on it.
+        for i, flag in enumerate(("query", "key", "value")):
+            values = {c[i] for c in candidates}
+            flags[flag] = values.pop() if len(values) == 1 else None
+        if len(candidates) > 1:
+            what = "k and v have the same size" if sizes else "there is no model config to size q, k and v"
+            options = " or ".join(_parts(c) for c in candidates)
+            warnings.append(
+                f"cannot tell which parts of attn.qkv the LoRA covers: {options} fit the shapes ({what}); "
+                "the old lit-gpt default was query+value — pass the targets explicitly when merging"
+            )
+    else:
+        flags.update(dict.fromkeys(("query", "key", "value")))
+    for flag in ("projection", "mlp", "head"):
+        rec = rec_flags[flag]
+        if isinstance(rec, bool):
+            flags[flag] = rec
+            if rec != present[flag] and ranks:
+                warnings.append(
+                    f"{source} says lora_{flag} = {str(rec).lower()} but the file "
+                    + ("holds no" if rec else "holds") + f" LoRA tensors for {flag}"
+                )
+        else:
+            flags[flag] = present[flag]
+
+    if alpha is None:
+        if source is None:
+            warnings.append(
+                f"LoRA alpha is unknown: no {_config.HYPERPARAMETERS} records it and the tensors cannot. "
+                f"The old lit-gpt default was alpha={OLD_DEFAULT_ALPHA} (with r=8); nothing is assumed — "
+                "pass --alpha when merging"
+            )
+        else:
+            warnings.append(f"{source} does not record lora_alpha; the merge scale alpha/r is unknown")
+    targets = [f for f in LORA_FLAGS if flags.get(f)]
+    if any(flags.get(f) is None for f in ("query", "key", "value")) and qkv_parts:
+        targets.insert(0, "qkv")
+    lora: dict[str, Any] = {
+        "r": r,
+        "alpha": alpha,
+        "scale": (alpha / r) if (alpha is not None and r) else None,
+        "dropout": dropout,
+        "targets": targets,
+        **flags,
+        "source": source or "tensors",
+        "modules": len(modules),
+    }
+    return lora, warnings, details
+
+
+def _parts(flags: tuple[Any, ...]) -> str:
+    names = [n for n, on in zip(("query", "key", "value"), flags) if on]
+    return "+".join(names) if names else "none"
+
+
+def _check_merged(info: CheckpointInfo) -> None:
+    """A ``final/`` with both ``lit_model.pth`` and an adapter: LitGPT treats the model as "already
+    merged" without looking; look at least that the model is complete and the adapter fits it."""
+    info.metadata["merged"] = True
+    model_keys = {t.name: t for t in info.tensors}
+    for comp in info.companions:
+        if comp.adapter_type != LORA:
+            continue
+        info.description = info.description.replace("LitGPT model", "LitGPT model merged from the LoRA adapter beside it", 1)
+        missing = []
+        for t in comp.tensors:
+            m = _LORA_KEY.match(t.name)
+            if not m or m.group("part") != "A":
+                continue
+            base = model_keys.get(m.group("mod") + ".weight")
+            if base is None or len(base.shape) != 2 or base.shape[1] != t.shape[-1]:
+                missing.append(m.group("mod"))
+        if missing:
+            info.warnings.append(
+                f"{BASE_NAME} does not fit the LoRA adapter beside it ({len(missing)} module(s) missing or of "
+                f"another size, e.g. {missing[0]}); it may not be the merge of this adapter"
+            )

@@ -1,0 +1,473 @@
+"""Merge a LitGPT LoRA adapter into its base, bit for bit like ``litgpt merge_lora`` (0.5.13).
+
+What LitGPT does (``litgpt/scripts/merge_lora.py`` + ``litgpt/lora.py``), and
+therefore what the change functions below repeat with the same torch ops in
+the same dtype:
+
+1. every floating tensor of the base is cast to the dtype of the *first* tensor
+   of the LoRA checkpoint (``model.to(dtype=lora_dtype)``), LoRA tensors too;
+2. plain Linear: ``W += (B @ A) * (alpha / r)``;
+3. fused ``attn.qkv``: ``F.conv1d(A[None], B[..., None], groups=n_enabled)``
+   (or one conv1d per enabled part under GQA/MQA, then ``cat``), transposed,
+   scaled, and zero-padded into the disabled q/k/v rows with ``index_copy_``
+   before ``W += delta`` (the padding adds +0.0, which turns -0.0 into +0.0);
+4. ``lora_`` keys are dropped, base names kept, the result saved as a bare dict.
+
+``--dtype`` casts the LitGPT result at the end. Unlike LitGPT, the base may be
+stored as ``{"model": ...}`` and an existing ``final/lit_model.pth`` is looked
+at instead of being assumed to be the merge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.errors import NotFound, Refused
+from ckpt_tool.io.container import read_container
+from ckpt_tool.model import CheckpointInfo, TensorInfo
+from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
+from ckpt_tool_lit.config import qkv_sizes
+from ckpt_tool_lit.keys import lora_modules
+
+if TYPE_CHECKING:
+    import torch
+
+WEIGHTS = "lit_model.pth"
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+# Files a complete LitGPT checkpoint dir carries next to the weights (litgpt.utils.copy_config_files + run files).
+SIDE_FILES = (
+    "model_config.yaml",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "hyperparameters.yaml",
+    "prompt_style.yaml",
+)
+# LitGPT MLP Linears that get LoRA with lora_mlp (GptNeoxMLP, LLaMAMLP, LLaMAMoE gate and experts).
+_MLP_LINEAR = re.compile(r"\.mlp\.(experts\.\d+\.)?(fc|fc_1|fc_2|proj|gate)$")
+_CONFIG_KEYS = (
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_query_groups",
+    "head_size",
+    "intermediate_size",
+    "padded_vocab_size",
+)
+
+
+# --- base lookup -----------------------------------------------------------------------------------
+
+
+def find_base(adapter: CheckpointInfo) -> Path | None:
+    """The base recorded in ``hyperparameters.yaml`` ``checkpoint_dir``, resolved as LitGPT does.
+
+    Relative paths resolve against the current directory; like
+    ``litgpt.utils.extend_checkpoint_dir`` we also try ``checkpoints/<that>``.
+    Returns None when nothing is recorded or nothing exists there.
+    """
+    hp = (adapter.details or {}).get("hyperparameters") or {}
+    recorded = hp.get("checkpoint_dir")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    p = Path(recorded).expanduser()
+    candidates = [p]
+    if not p.is_absolute() and p.parts and p.parts[0] != "checkpoints":
+        candidates.append(Path("checkpoints") / p)
+    for c in candidates:
+        if c.exists():
+            return c
+    raise NotFound(
+        f"the base model recorded by the adapter ({recorded}) does not exist here"
+        + (f" (also tried {candidates[1]})" if len(candidates) > 1 else ""),
+        "pass the base model directory with --base PATH",
+    )
+
+
+# --- the plan --------------------------------------------------------------------------------------
+
+
+def _flag(lora: dict[str, Any], name: str) -> bool:
+    return bool(lora.get(name))
+
+
+def _kind(module: str) -> str:
+    if module.endswith(".attn.qkv"):
+        return "qkv"
+    if module.endswith(".attn.proj"):
+        return "projection"
+    if module == "lm_head":
+        return "head"
+    if ".mlp." in module:
+        return "mlp"
+    return "other"
+
+
+_LAYER = re.compile(r"\.h\.(\d+)\.")
+
+
+class _Problems:
+    """Collects every mismatch; the same problem in several layers is reported once, naming the layers."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[int]] = {}
+
+    def add(self, text: str) -> None:
+        layers = sorted({int(x) for x in _LAYER.findall(text)})
+        key = _LAYER.sub(".h.<N>.", text) if layers else text
+        self.items.setdefault(key, []).extend(layers[:1])
+
+    @staticmethod
+    def _layers(idx: list[int]) -> str:
+        idx = sorted(set(idx))
+        if not idx:
+            return ""
+        if len(idx) == 1:
+            return f" (layer {idx[0]})"
+        if idx == list(range(idx[0], idx[-1] + 1)) and len(idx) > 2:
+            return f" (layers {idx[0]}-{idx[-1]})"
+        return " (layers " + ", ".join(map(str, idx)) + ")"
+
+    def raise_if_any(self, adapter: CheckpointInfo, base: CheckpointInfo) -> None:
+        if not self.items:
+            return
+        lines = [k + self._layers(v) for k, v in self.items.items()]
+        raise Refused(
+            f"cannot merge {adapter.path} into {base.path}: {len(lines)} mismatch"
+            + ("es" if len(lines) > 1 else "")
+            + ":\n  - "
+            + "\n  - ".join(lines),
+            "check that --base is the model this adapter was trained from (hyperparameters.yaml checkpoint_dir)",
+        )
+
+
+def _refuse_non_lora(adapter: CheckpointInfo) -> None:
+    kind = adapter.adapter_type
+    if kind == "lora":
+        return
+    if kind == "adapter":
+        raise Refused(
+            f"{adapter.path} is a LitGPT adapter (v1, prefix tuning): its learned prompt and gating act on "
+            "activations and cannot be folded into plain weights",
+            "run it with 'litgpt generate_adapter' / the adapter model instead of merging",
+        )
+    if kind == "adapter_v2":
+        raise Refused(
+            f"{adapter.path} is a LitGPT adapter_v2 checkpoint: it also carries the v1 prompt adapter, which "
+            "cannot be folded into plain weights, and ckpt-tool does not fold adapter_v2 scales/biases",
+            "run it with 'litgpt generate_adapter_v2' instead of merging, or fine-tune with LoRA to get a mergeable adapter",
+        )
+    raise Refused(
+        f"{adapter.path}: a LitGPT {kind or 'full'} checkpoint is not a LoRA adapter; nothing to merge"
+    )
+
+
+def _existing_output(default_out: Path, base: CheckpointInfo, adapter_files: set[str]) -> str | None:
+    """Describe what an existing ``final/lit_model.pth`` is (LitGPT just assumes it is the merge)."""
+    if not default_out.exists() or os.path.realpath(default_out) in adapter_files:
+        return None
+    try:
+        cont = read_container(default_out)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: say so
+        return f"{default_out} already exists and is not a readable checkpoint ({exc})"
+    keys = cont.tensors
+    if any("lora_" in k for k in keys):
+        return f"{default_out} already exists and holds LoRA tensors (an unmerged training state)"
+    want = {t.name: tuple(t.shape) for t in base.tensors if "lora_" not in t.name}
+    have = {k: tuple(t.shape) for k, t in keys.items()}
+    if have == want:
+        return (
+            f"{default_out} already exists and is a full model with the base's {len(want)} tensors and shapes: "
+            "this adapter looks merged already"
+        )
+    return f"{default_out} already exists and is a different model ({len(have)} tensors, the base has {len(want)})"
+
+
+def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOptions) -> MergePlan:
+    """Validate ``adapter`` against ``base`` (all mismatches at once) and describe the merge.
+
+    Reads names, shapes, dtypes and configs only; no tensor bytes.
+    """
+    _refuse_non_lora(adapter)
+    details = adapter.details or {}
+    lora = dict(adapter.lora or {})
+    problems = _Problems()
+    adapter_tensors = {t.name: t for t in adapter.tensors}
+    if not adapter_tensors:
+        raise Refused(
+            f"{adapter.path} holds no LoRA tensors", "the adapter file is empty; use a later checkpoint"
+        )
+    base_tensors = {t.name: t for t in base.tensors}
+    modules = lora_modules(adapter_tensors)
+
+    legacy = [m for m in modules if m.endswith(".attn.attn")]
+    if legacy:
+        raise Refused(
+            f"{adapter.path} is a pre-0.5.5 LoRA on the legacy fused attention (attn.attn): its q/k/v deltas were "
+            "placed differently by era, so it cannot be merged into today's attn.qkv layout by renaming",
+            "upgrade the run first with 'ckpt-tool migrate' (it asks which era), then merge",
+        )
+    if any("lora_" in n for n in base_tensors):
+        raise Refused(
+            f"{base.path} holds LoRA tensors itself (an unmerged training state), not a base model",
+            "pass the original base model with --base",
+        )
+
+    config = details.get("model_config") or (base.details or {}).get("model_config")
+    sizes = qkv_sizes(config)
+    base_config = (base.details or {}).get("model_config")
+    adapter_config = details.get("model_config")
+    if adapter_config and base_config:
+        for key in _CONFIG_KEYS:
+            a, b = adapter_config.get(key), base_config.get(key)
+            if a is not None and b is not None and a != b:
+                problems.add(f"model_config.yaml {key}: adapter {a}, base {b}")
+
+    alpha = lora.get("alpha")
+    r_cfg = lora.get("r")
+    r_seen = {adapter_tensors[f"{m}.lora_B"].shape[-1] for m in modules if f"{m}.lora_B" in adapter_tensors}
+    if r_cfg is None:
+        if len(r_seen) != 1:
+            raise Refused(
+                f"{adapter.path}: no hyperparameters.yaml and LoRA ranks differ between modules ({sorted(r_seen)})"
+            )
+        r_cfg = next(iter(r_seen))
+    if alpha is None:
+        raise Refused(
+            f"{adapter.path}: lora_alpha is unknown (no hyperparameters.yaml next to the adapter); the scale alpha/r "
+            "cannot be read from the tensors",
+            "restore hyperparameters.yaml from the training run (old LitGPT defaults were r=8, alpha=16)",
+        )
+    if not isinstance(r_cfg, int) or r_cfg <= 0:
+        raise Refused(f"{adapter.path}: invalid lora_r {r_cfg!r} in hyperparameters.yaml")
+    r = r_cfg
+    scaling = alpha / r
+    enable = (_flag(lora, "query"), _flag(lora, "key"), _flag(lora, "value"))
+    flags = {"projection": _flag(lora, "projection"), "mlp": _flag(lora, "mlp"), "head": _flag(lora, "head")}
+
+    lora_dtype = adapter.tensors[0].dtype  # LitGPT: next(iter(lora_checkpoint.values())).dtype
+    for t in adapter.tensors:
+        if t.dtype not in FLOAT_DTYPES:
+            problems.add(f"{t.name}: dtype {t.dtype} is not a floating-point dtype LitGPT can merge")
+        if "lora_" not in t.name:
+            problems.add(f"{t.name}: not a LoRA tensor (the adapter file should hold only lora_ keys)")
+        if len(t.shape) != 2 or 0 in t.shape:
+            problems.add(f"{t.name}: shape {list(t.shape)} is not a 2-D LoRA matrix")
+
+    changes: dict[str, Any] = {}
+    merged: list[str] = []
+    for m in modules:
+        a_name, b_name, w_name = f"{m}.lora_A", f"{m}.lora_B", f"{m}.weight"
+        a, b = adapter_tensors.get(a_name), adapter_tensors.get(b_name)
+        if a is None or b is None:
+            problems.add(f"{m}: has {'lora_A' if a else 'lora_B'} but not {'lora_B' if a else 'lora_A'}")
+            continue
+        w = base_tensors.get(w_name)
+        if w is None:
+            problems.add(f"{m}: the base has no {w_name}")
+            continue
+        if len(a.shape) != 2 or len(b.shape) != 2 or len(w.shape) != 2:
+            continue
+        kind = _kind(m)
+        if kind == "qkv":
+            n_enabled = sum(enable)
+            if not n_enabled:
+                problems.add(
+                    f"{m}: LoRA tensors present but lora_query/lora_key/lora_value are all false in hyperparameters.yaml"
+                )
+                continue
+            if sizes is None:
+                problems.add(f"{m}: the q/k/v sizes are unknown (no model_config.yaml with n_head/n_embd)")
+                continue
+            q, k, v = sizes
+            if w.shape[0] != q + k + v:
+                problems.add(f"{w_name}: {w.shape[0]} rows, model_config.yaml gives q+k+v = {q + k + v}")
+            if a.shape[0] != r * n_enabled:
+                problems.add(f"{a_name}: {a.shape[0]} rows, expected r·{n_enabled} = {r * n_enabled} (r={r})")
+            parts = [s for s, e in zip((q, k, v), enable) if e]
+            if b.shape[0] != sum(parts):
+                problems.add(
+                    f"{b_name}: {b.shape[0]} rows, the enabled parts "
+                    f"({'+'.join(p for p, e in zip('qkv', enable) if e)}) need {sum(parts)}"
+                )
+        else:
+            if kind in flags and not flags[kind]:
+                problems.add(f"{m}: LoRA tensors present but lora_{kind} is false in hyperparameters.yaml")
+            if a.shape[0] != r:
+                problems.add(f"{a_name}: {a.shape[0]} rows, expected r={r}")
+            if b.shape[0] != w.shape[0]:
+                problems.add(f"{b_name}: {b.shape[0]} rows, base {w_name} has {w.shape[0]} output features")
+        if b.shape[1] != r:
+            problems.add(f"{b_name}: {b.shape[1]} columns, expected r={r}")
+        if a.shape[1] != w.shape[1]:
+            problems.add(f"{a_name}: {a.shape[1]} columns, base {w_name} has {w.shape[1]} input features")
+        if w.dtype not in FLOAT_DTYPES:
+            problems.add(f"{w_name}: dtype {w.dtype} cannot take a LoRA delta")
+        if kind == "qkv" and sizes is not None:
+            changes[w_name] = _qkv_change(a_name, b_name, lora_dtype, scaling, enable, sizes, config)
+        else:
+            changes[w_name] = _linear_change(a_name, b_name, lora_dtype, scaling)
+        merged.append(m)
+
+    # Modules the hyperparameters say were trained but that carry no LoRA tensors (LitGPT refuses these too).
+    have = set(modules)
+    for w_name, w in base_tensors.items():
+        if not w_name.endswith(".weight") or len(w.shape) != 2:
+            continue
+        m = w_name[: -len(".weight")]
+        kind = _kind(m)
+        expected = any(enable) if kind == "qkv" else flags.get(kind, False)
+        if kind == "mlp" and not _MLP_LINEAR.search(m):
+            continue
+        if expected and m not in have:
+            problems.add(
+                f"{m}: hyperparameters.yaml enables lora_{kind if kind != 'qkv' else 'query/key/value'} but the adapter has no {m}.lora_A/B"
+            )
+    problems.raise_if_any(adapter, base)
+
+    # Output dtypes: LitGPT casts every floating tensor to the LoRA dtype; --dtype casts that result.
+    want = options.dtype if options.dtype and options.dtype != "auto" else None
+    out_dtype = {}
+    for t in base.tensors:
+        if t.dtype in FLOAT_DTYPES:
+            out_dtype[t.name] = want or lora_dtype
+        else:
+            out_dtype[t.name] = t.dtype
+    if want:
+        changes = {n: _then_cast(fn, want) for n, fn in changes.items()}
+
+    adapter_dir = Path(details.get("dir") or Path(adapter.path))
+    if adapter_dir.is_file():
+        adapter_dir = adapter_dir.parent
+    base_dir = Path(base.path) if Path(base.path).is_dir() else Path(base.path).parent
+    default_out = adapter_dir / WEIGHTS
+    extra = options.extra or {}
+    if extra.get("out") is None and not extra.get("force"):
+        adapter_files = {os.path.realpath(f) for f in adapter.files}
+        adapter_files |= {os.path.realpath(t.file) for t in adapter.tensors}
+        what = _existing_output(default_out, base, adapter_files)
+        if what:
+            raise Refused(
+                what, "pass --force to merge again and replace it, or --out DIR to write a new checkpoint"
+            )
+
+    copy_files = []
+    for name in SIDE_FILES:
+        for d in (adapter_dir, base_dir):
+            if (d / name).is_file():
+                copy_files.append(d / name)
+                break
+
+    from ckpt_tool.model import DTYPE_NAMES
+
+    summary = {
+        "lora": {
+            "r": r,
+            "alpha": alpha,
+            "scaling": scaling,
+            "query": enable[0],
+            "key": enable[1],
+            "value": enable[2],
+            **flags,
+        },
+        "modules_merged": len(merged),
+        "lora_tensors_dropped": len(adapter_tensors),
+        "compute_dtype": DTYPE_NAMES.get(lora_dtype, lora_dtype),
+        "base_wrapper": base.wrapper,
+    }
+    return MergePlan(
+        base=base,
+        adapter=adapter,
+        changes=changes,
+        out_dtype=out_dtype,
+        adapter_tensors=adapter_tensors,
+        layout="lit",
+        copy_files=copy_files,
+        summary=summary,
+        default_out=default_out,
+        wrapper=None,
+    )
+
+
+# --- the math (LitGPT's, op for op) ----------------------------------------------------------------
+
+
+def _then_cast(fn: Any, dtype: str) -> Any:
+    def change(w: torch.Tensor, load: Any) -> torch.Tensor:
+        from ckpt_tool.io.tensors import torch_dtype
+
+        return fn(w, load).to(torch_dtype(dtype))
+
+    return change
+
+
+def _linear_change(a_name: str, b_name: str, lora_dtype: str, scaling: float) -> Any:
+    """``LoRALinear.merge``: ``weight.data += (lora_B @ lora_A) * scaling`` in the LoRA dtype."""
+
+    def change(w: torch.Tensor, load: Any) -> torch.Tensor:
+        from ckpt_tool.io.tensors import torch_dtype
+
+        dt = torch_dtype(lora_dtype)
+        weight = w.to(dt, copy=True)
+        lora_a, lora_b = load(a_name).to(dt), load(b_name).to(dt)
+        delta = (lora_b @ lora_a) * scaling
+        weight += delta
+        return weight
+
+    return change
+
+
+def _qkv_change(
+    a_name: str,
+    b_name: str,
+    lora_dtype: str,
+    scaling: float,
+    enable: tuple[bool, bool, bool],
+    sizes: tuple[int, int, int],
+    config: dict[str, Any] | None,
+) -> Any:
+    """``LoRAQKVLinear.get_lora_AB`` + ``merge``: conv1d per group, zero_pad via index_copy_, add."""
+    q, k, v = sizes
+    n_head = int((config or {}).get("n_head") or 0)
+    n_groups = int((config or {}).get("n_query_groups") or n_head)
+    qkv_shapes = [s for s, e in zip((q, k, v), enable) if e]
+    n_enabled = sum(enable)
+
+    def change(w: torch.Tensor, load: Any) -> torch.Tensor:
+        import torch
+        import torch.nn.functional as F
+
+        from ckpt_tool.io.tensors import torch_dtype
+
+        dt = torch_dtype(lora_dtype)
+        weight = w.to(dt, copy=True)
+        lora_a, lora_b = load(a_name).to(dt), load(b_name).to(dt)
+        inp, wt = lora_a.unsqueeze(0), lora_b.unsqueeze(-1)
+        if n_head == n_groups:
+            lora = F.conv1d(inp, wt, groups=n_enabled)
+        else:
+            lora = torch.cat(
+                [F.conv1d(x, y) for x, y in zip(inp.chunk(n_enabled, dim=1), wt.split(qkv_shapes))], dim=1
+            )
+        lora = lora.squeeze(0)
+        x = lora.T * scaling
+        if not all(enable):
+            ind: list[int] = []
+            if enable[0]:
+                ind.extend(range(0, q))
+            if enable[1]:
+                ind.extend(range(q, q + k))
+            if enable[2]:
+                ind.extend(range(q + k, weight.shape[0]))
+            result = x.new_zeros(*x.shape[:-1], weight.shape[0])
+            x = result.index_copy_(dim=-1, index=torch.tensor(ind), source=x)
+        weight += x.T
+        return weight
+
+    return change

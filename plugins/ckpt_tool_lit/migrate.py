@@ -1,0 +1,523 @@
+"""LitGPT run directories from every era → today's ``final/`` / ``step-N/`` layout (formats.md §2.2).
+
+This module only *proposes* actions; the core (``ckpt_tool.ops.migrate``)
+checks the whole plan and applies it. What a weights file holds is decided
+from its keys (``probe.container`` reads the pickle's names, never the tensor
+bytes, never torch), because the same file name has meant LoRA-only, adapter
+or full weights depending on the release. A file whose name looks right but
+whose keys are not LitGPT's (lit-llama used the same ``iter-N-ckpt.pth``
+names) is reported, not moved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckpt_tool.errors import CkptError
+from ckpt_tool.ops.migrate import COPY, MOVE, REPORT, RMDIR, WRITE, Action
+from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, lora_modules
+
+# 2023 names in the run dir → today's final/ (expected kind; the keys decide)
+FINAL_FILES = {
+    "lit_model_lora_finetuned.pth": LORA,
+    "lit_model_adapter_finetuned.pth": ADAPTER,
+    "lit_model_finetuned.pth": FULL,
+}
+ITER_FILE_RE = re.compile(r"^(iter|step)-(\d+)(-ckpt)?\.pth$")
+ITER_DIR_RE = re.compile(r"^iter-(\d+)$")
+STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+CKPT_DIR_RE = re.compile(r"^(final|(iter|step)-\d+)$")
+LIT_LLAMA_NAME_RE = re.compile(r"^lit-llama.*\.pth$")
+LIT_LLAMA_KEY_RE = re.compile(r"\.(c_attn|c_proj|c_fc1|c_fc2|rms_1|rms_2)\.|\.ln_f\.scale$")
+
+CONFIG_YAML = "model_config.yaml"
+CONFIG_JSON = "lit_config.json"
+HPARAMS = "hyperparameters.yaml"
+MIGRATION_RECORD = "migration.json"
+# Companions copied into every new checkpoint folder so it loads on its own.
+COMPANIONS = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    HPARAMS,
+    "prompt_style.yaml",
+)
+KNOWN_FILES = set(COMPANIONS) | {CONFIG_YAML, CONFIG_JSON, "config.json", MIGRATION_RECORD}
+WEIGHT_NAMES = set(WEIGHTS_NAME.values())
+LOGS_DIRS = {"logs", "lightning_logs"}
+
+# formats.md §2.2: keys renamed before 2024-03-04
+CONFIG_RENAMES = {
+    "_norm_class": "norm_class_name",
+    "_mlp_class": "mlp_class_name",
+    "condense_ratio": "rope_condense_ratio",
+}
+LEGACY_CONFIG_KEYS = set(CONFIG_RENAMES) | {"org", "sliding_window_layer_placing"}
+# defaults of the 2023 lit-gpt finetune/lora.py scripts (alpha is not in the weights)
+OLD_LORA_ALPHA = 16
+
+
+@dataclass
+class _Weights:
+    src: Path
+    dst_name: str
+    kind: str
+    reason: str
+    r: int | None = None
+    keys: list[str] = field(default_factory=list)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class _Target:
+    folder: Path
+    src_folder: Path  # where the legacy weights and their companions live now
+    weights: list[_Weights] = field(default_factory=list)
+    moves_folder: bool = False  # March 2024 iter-N/ folder: companions move along
+    config_only: bool = False  # today's names, but only lit_config.json
+
+
+def _entries(
+    d: Path,
+) -> tuple[dict[str, os.DirEntry[str]], dict[str, os.DirEntry[str]], dict[str, os.DirEntry[str]]]:
+    files, dirs, links = {}, {}, {}
+    for e in os.scandir(d):
+        if e.is_symlink():
+            links[e.name] = e
+        elif e.is_dir(follow_symlinks=False):
+            dirs[e.name] = e
+        elif e.is_file(follow_symlinks=False):
+            files[e.name] = e
+    return files, dirs, links
+
+
+def _is_regular(p: Path) -> bool:
+    return p.is_file() and not p.is_symlink()
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        Path(os.path.realpath(path)).relative_to(os.path.realpath(root))
+        return True
+    except ValueError:
+        return False
+
+
+def propose(run_dir: Path, root: Path, probe: Any) -> list[Action] | None:
+    """The actions that migrate ``run_dir``, ``[]`` if it is LitGPT's and current, ``None`` if not LitGPT's."""
+    rel_parts = run_dir.relative_to(root).parts if run_dir != root else ()
+    if rel_parts and (CKPT_DIR_RE.match(run_dir.name) or LOGS_DIRS & set(rel_parts)):
+        # a checkpoint folder or logs of a run: the run directory's own call plans them
+        return []
+    try:
+        files, dirs, links = _entries(run_dir)
+    except OSError:
+        return None
+
+    actions: list[Action] = []
+    targets: dict[str, _Target] = {}
+    handled: set[str] = set()
+    lit = False
+
+    def report(path: Path, why: str) -> None:
+        actions.append(Action(REPORT, src=path, reason=why))
+
+    def weights(path: Path, expected: str | None, origin: str) -> _Weights | None:
+        """Classify ``path`` by its keys; report and return None when it is not LitGPT weights."""
+        try:
+            c = probe.container(path)
+        except CkptError as exc:
+            report(path, f"cannot read ({exc.message}); left in place")
+            return None
+        keys = list(c.tensors)
+        if any(LIT_LLAMA_KEY_RE.search(k) for k in keys):
+            report(path, "lit-llama weights (another project); not moved")
+            return None
+        kind = classify(keys)
+        if kind == UNKNOWN:
+            report(path, "not a LitGPT state dict; left in place")
+            return None
+        why = f"{origin}; keys say {kind}"
+        if expected and kind != expected and not (expected == ADAPTER and kind == ADAPTER_V2):
+            why += f" (the name suggested {expected})"
+        if c.training_state:
+            why += ", with optimizer state"
+        w = _Weights(
+            path, WEIGHTS_NAME[kind], kind, why, keys=keys, shapes={k: t.shape for k, t in c.tensors.items()}
+        )
+        return w
+
+    def target(folder: Path, src_folder: Path, **kw: Any) -> _Target:
+        t = targets.get(folder.name)
+        if t is None:
+            t = targets[folder.name] = _Target(folder, src_folder, **kw)
+        return t
+
+    # 1. files in the run dir: 2023 final names, iter-/step- intermediates, lit-llama files
+    for name in sorted(files):
+        path = run_dir / name
+        if name in FINAL_FILES:
+            lit = True
+            w = weights(path, FINAL_FILES[name], f"{name} (2023 name of the final weights)")
+            if w:
+                target(run_dir / "final", run_dir).weights.append(w)
+            handled.add(name)
+        elif m := ITER_FILE_RE.match(name):
+            w = weights(
+                path,
+                None,
+                f"{name}: number {m[2]} kept"
+                + (" (it counted micro-batch iterations, not optimizer steps)" if m[1] == "iter" else "")
+                + f"; original name recorded in {MIGRATION_RECORD}",
+            )
+            handled.add(name)
+            if w:
+                lit = True
+                target(run_dir / f"step-{m[2]}", run_dir).weights.append(w)
+        elif LIT_LLAMA_NAME_RE.match(name):
+            report(path, "lit-llama file (another project); not moved")
+            handled.add(name)
+
+    # 2. checkpoint folders: March 2024 iter-N/ folders, adapter-only final/lit_model.pth, lit_config.json only
+    for name in sorted(dirs):
+        folder = run_dir / name
+        if m := ITER_DIR_RE.match(name):
+            src = folder / "lit_model.pth"
+            if _is_regular(src):
+                lit = True
+                w = weights(
+                    src,
+                    None,
+                    f"{name}/lit_model.pth (March 2024 folder form): number {m[1]} kept, original name recorded in {MIGRATION_RECORD}",
+                )
+                if w:
+                    target(run_dir / f"step-{m[1]}", folder, moves_folder=True).weights.append(w)
+        elif name == "final" or STEP_DIR_RE.match(name):
+            lit = True
+            src = folder / "lit_model.pth"
+            if _is_regular(src):
+                w = weights(
+                    src, None, f"{name}/lit_model.pth (March 2024: adapter weights under the full-model name)"
+                )
+                if w and w.kind != FULL:
+                    target(folder, folder).weights.append(w)
+            if not (folder / CONFIG_YAML).exists() and _is_regular(folder / CONFIG_JSON):
+                current = [n for n in WEIGHT_NAMES if _is_regular(folder / n)]
+                if current and folder.name not in targets:
+                    t = target(folder, folder, config_only=True)
+                    for n in current:
+                        if n != "lit_model.pth.lora":
+                            continue
+                        w = weights(folder / n, None, "")
+                        if w:
+                            t.weights.append(
+                                _Weights(w.src, w.dst_name, w.kind, "", keys=w.keys, shapes=w.shapes)
+                            )
+
+    for t in targets.values():
+        actions.extend(_target_actions(run_dir, t, report))
+
+    if targets or any(a.op == REPORT for a in actions):
+        # a legacy run: list what is left behind so nothing goes unmentioned
+        if targets:
+            for name, e in sorted(links.items()):
+                dest = os.readlink(e.path)
+                where = "outside ROOT" if not _inside(Path(e.path), root) else "inside ROOT"
+                report(Path(e.path), f"symlink to {dest} ({where}); not followed, left as is")
+            for name in sorted(files):
+                if name not in handled and name not in KNOWN_FILES:
+                    report(run_dir / name, "not recognised; left in place")
+        return actions
+    if lit or files.keys() & {CONFIG_JSON, CONFIG_YAML} or any(n in WEIGHT_NAMES for n in files):
+        return []
+    return None
+
+
+def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
+    """Moves, companions and records for one new (or fixed-up) checkpoint folder."""
+    out: list[Action] = []
+    folder, group = t.folder, t.folder
+    present = {n for n in COMPANIONS + (CONFIG_YAML, CONFIG_JSON) if (folder / n).exists()}
+    for w in t.weights:
+        if not t.config_only:
+            out.append(Action(MOVE, src=w.src, dst=folder / w.dst_name, reason=w.reason, group=group))
+    if t.moves_folder:
+        # the March 2024 iter-N/ folder becomes step-N/: its known files move with the weights
+        files, dirs, links = _entries(t.src_folder)
+        leftovers = False
+        for name in sorted(files):
+            if name == "lit_model.pth":
+                continue
+            if name in KNOWN_FILES:
+                out.append(
+                    Action(
+                        MOVE,
+                        src=t.src_folder / name,
+                        dst=folder / name,
+                        reason=f"moves with {t.src_folder.name}/",
+                        group=group,
+                    )
+                )
+                present.add(name)
+            else:
+                leftovers = True
+                report(t.src_folder / name, "not recognised; left in place")
+        for name in sorted(dirs) + sorted(links):
+            leftovers = True
+            report(t.src_folder / name, "not recognised; left in place")
+        if not leftovers:
+            out.append(
+                Action(
+                    RMDIR,
+                    src=t.src_folder,
+                    reason=f"emptied: everything moved to {folder.name}/",
+                    group=group,
+                )
+            )
+
+    cfg: dict[str, Any] | None = None
+    if CONFIG_YAML not in present:
+        for base in dict.fromkeys([t.src_folder, run_dir]):
+            yml, js = base / CONFIG_YAML, base / CONFIG_JSON
+            if _is_regular(yml):
+                cfg = _read_yaml(yml)
+                if cfg is not None and LEGACY_CONFIG_KEYS & cfg.keys():
+                    # 0.4.6–0.5.7 wrote sliding_window_layer_placing, which LitGPT now rejects
+                    try:
+                        cfg, changes = convert_config(cfg)
+                    except ValueError as exc:
+                        report(yml, f"cannot convert ({exc}); {folder.name}/ gets no {CONFIG_YAML}")
+                        break
+                    text = (
+                        f"# converted from {os.path.relpath(yml, folder)} by ckpt-tool migrate\n"
+                        + yaml.safe_dump(cfg, sort_keys=False)
+                    )
+                    out.append(
+                        Action(
+                            WRITE,
+                            dst=folder / CONFIG_YAML,
+                            data=text,
+                            reason=f"from {yml.relative_to(run_dir)} ({', '.join(changes)})",
+                            group=group,
+                        )
+                    )
+                else:
+                    out.append(
+                        Action(
+                            COPY,
+                            src=yml,
+                            dst=folder / CONFIG_YAML,
+                            reason="model config of the run",
+                            group=group,
+                        )
+                    )
+                break
+            if _is_regular(js):
+                try:
+                    raw = json.loads(js.read_text(encoding="utf-8"))
+                    if not isinstance(raw, dict):
+                        raise ValueError("not a JSON object")
+                    cfg, changes = convert_config(raw)
+                except (ValueError, OSError, UnicodeDecodeError) as exc:
+                    report(js, f"cannot convert ({exc}); {folder.name}/ gets no {CONFIG_YAML}")
+                    break
+                text = (
+                    f"# converted from {os.path.relpath(js, folder)} by ckpt-tool migrate\n"
+                    + yaml.safe_dump(cfg, sort_keys=False)
+                )
+                what = ", ".join(changes) if changes else "no keys renamed"
+                out.append(
+                    Action(
+                        WRITE,
+                        dst=folder / CONFIG_YAML,
+                        data=text,
+                        reason=f"from {js.relative_to(run_dir)} ({what})",
+                        group=group,
+                    )
+                )
+                break
+        else:
+            report(
+                folder, f"no {CONFIG_YAML} or {CONFIG_JSON} in the run; {folder.name}/ will need one to load"
+            )
+    else:
+        cfg = _read_yaml(folder / CONFIG_YAML) or _read_json(folder / CONFIG_JSON)
+
+    for name in COMPANIONS:
+        if name in present:
+            continue
+        src = run_dir / name
+        if t.src_folder != run_dir and _is_regular(t.src_folder / name):
+            src = t.src_folder / name
+        if _is_regular(src):
+            out.append(
+                Action(COPY, src=src, dst=folder / name, reason="so the folder loads on its own", group=group)
+            )
+            present.add(name)
+    if HPARAMS not in present:
+        lora = [w for w in t.weights if w.kind == LORA]
+        if lora:
+            text, note = lora_hparams(lora[0], cfg)
+            out.append(Action(WRITE, dst=folder / HPARAMS, data=text, reason=note, group=group))
+
+    record: dict[str, Any] = {"migrated_by": "ckpt-tool migrate", "files": {}}
+    for w in t.weights:
+        if t.config_only:
+            continue
+        record["files"][w.dst_name] = {"from": str(w.src.relative_to(run_dir)), "kind": w.kind}
+    if any(
+        ITER_FILE_RE.match(w.src.name)
+        and w.src.name.startswith("iter-")
+        or ITER_DIR_RE.match(w.src.parent.name)
+        for w in t.weights
+    ):
+        record["note"] = (
+            "iter-N counted micro-batch iterations, step-N counts optimizer steps: the number was kept, not converted"
+        )
+    if CONFIG_YAML not in present and any(a.op == WRITE and a.dst == folder / CONFIG_YAML for a in out):
+        record["model_config.yaml"] = "converted from lit_config.json"
+    if not (folder / MIGRATION_RECORD).exists():
+        out.append(
+            Action(
+                WRITE,
+                dst=folder / MIGRATION_RECORD,
+                data=json.dumps(record, indent=2) + "\n",
+                reason="records the original names",
+                group=group,
+            )
+        )
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return convert_config(data)[0] if isinstance(data, dict) else None
+
+
+def convert_config(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Rename the keys of an old ``lit_config.json`` to today's ``model_config.yaml`` (formats.md §2.2).
+
+    Returns the new mapping and a human list of what changed. Raises
+    ``ValueError`` for a ``sliding_window_layer_placing`` it cannot map.
+    """
+    new: dict[str, Any] = {}
+    changes: list[str] = []
+    for key, value in old.items():
+        if key in CONFIG_RENAMES:
+            target = CONFIG_RENAMES[key]
+            if target in old:
+                changes.append(f"dropped {key} ({target} is set)")
+                continue
+            new[target] = value
+            changes.append(f"{key}→{target}")
+        elif key == "org":
+            continue
+        elif key == "sliding_window_layer_placing":
+            n_layer = old.get("n_layer")
+            if not isinstance(n_layer, int) or n_layer <= 0:
+                raise ValueError("sliding_window_layer_placing needs n_layer")
+            if value in (None, "all"):
+                indices = [1] * n_layer
+            elif value == "interleaved":
+                indices = [1 if i % 2 == 0 else 0 for i in range(n_layer)]
+            else:
+                raise ValueError(f"unknown sliding_window_layer_placing {value!r}")
+            if "sliding_window_indices" not in old:
+                new["sliding_window_indices"] = indices
+            changes.append(f"sliding_window_layer_placing={value!r}→sliding_window_indices")
+        else:
+            new[key] = value
+    if "org" in old:
+        hf = dict(old.get("hf_config") or {})
+        hf.setdefault("org", old["org"])
+        if "name" in old:
+            hf.setdefault("name", old["name"])
+        new["hf_config"] = hf
+        changes.append("org/name→hf_config")
+    return new, changes
+
+
+def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
+    """A ``hyperparameters.yaml`` for a LoRA run that had none: r from the shapes, alpha assumed.
+
+    Returns (file text, the plan's reason naming every assumed value).
+    """
+    modules = lora_modules(w.keys)
+    ranks = {
+        w.shapes[f"{m}.lora_B"][1]
+        for m in modules
+        if f"{m}.lora_B" in w.shapes and len(w.shapes[f"{m}.lora_B"]) == 2
+    }
+    r = min(ranks) if ranks else None
+    assumed = [f"lora_alpha={OLD_LORA_ALPHA} (the old lit-gpt default; alpha is not stored in the weights)"]
+    flags = {
+        "lora_query": False,
+        "lora_key": False,
+        "lora_value": False,
+        "lora_projection": False,
+        "lora_mlp": False,
+        "lora_head": False,
+    }
+    for m in modules:
+        if m.endswith((".attn.qkv", ".attn.attn")):
+            continue
+        if m.endswith(".attn.proj"):
+            flags["lora_projection"] = True
+        elif ".mlp." in m:
+            flags["lora_mlp"] = True
+        elif m.startswith("lm_head"):
+            flags["lora_head"] = True
+    qkv = [m for m in modules if m.endswith((".attn.qkv", ".attn.attn"))]
+    if qkv and r:
+        a_rows = w.shapes.get(f"{qkv[0]}.lora_A", (0,))[0]
+        b_rows = w.shapes.get(f"{qkv[0]}.lora_B", (0,))[0]
+        parts = max(1, a_rows // r)
+        sizes = None
+        if cfg and isinstance(cfg.get("n_head"), int) and isinstance(cfg.get("n_embd"), int):
+            hs = cfg.get("head_size") or cfg["n_embd"] // cfg["n_head"]
+            groups = cfg.get("n_query_groups") or cfg["n_head"]
+            sizes = {"query": cfg["n_head"] * hs, "key": groups * hs, "value": groups * hs}
+        names = ("query", "key", "value")
+        fits = [c for c in combinations(names, parts) if sizes is None or sum(sizes[n] for n in c) == b_rows]
+        chosen: tuple[str, ...]
+        if len(fits) == 1:
+            chosen = fits[0]
+        else:
+            chosen = ("query", "value") if ("query", "value") in fits or not fits else fits[0]
+            if parts < 3:
+                assumed.append(
+                    f"lora on {'+'.join(chosen)} (the shapes fit {len(fits) or 'no'} choices; q+v was the old default)"
+                )
+        for n in chosen:
+            flags[f"lora_{n}"] = True
+    lines = [
+        "# Written by ckpt-tool migrate: this LoRA run had no hyperparameters.yaml.",
+        "# lora_r and the targets come from the tensor shapes.",
+        *[f"# ASSUMED: {a}" for a in assumed],
+        "# checkpoint_dir (the base model) is unknown: add it, or pass the base explicitly when merging.",
+    ]
+    body = {"lora_r": r, "lora_alpha": OLD_LORA_ALPHA, **flags}
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(body, sort_keys=False)
+    reason = f"no {HPARAMS}: lora_r={r} from the shapes; ASSUMED " + "; ASSUMED ".join(assumed)
+    return text, reason

@@ -1,0 +1,257 @@
+"""LitGPT LoRA merge: bit-identical to the real ``litgpt merge_lora`` (0.5.13), and its refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_merge_helpers import assert_bit_equal, build_lora_model, lit_config, litgpt_merge, make_adapter, make_base
+from lit_merge_helpers import make_run, unwrap_copy
+
+QKV_COMBOS = [("query",), ("key",), ("value",), ("query", "value"), ("query", "key"), ("key", "value"),
+              ("query", "key", "value")]
+ALL = ("query", "key", "value", "projection", "mlp", "head")
+
+
+def _ours(cli, final: Path, out: Path, *extra: object) -> dict[str, torch.Tensor]:
+    res = cli("merge", final, "--out", out, "--json", *extra)
+    assert res.code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["outputs"][0] == str(out / "lit_model.pth")
+    return torch.load(out / "lit_model.pth", weights_only=True)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("flags", QKV_COMBOS, ids=lambda f: "+".join(x[0] for x in f))
+def test_qkv_bit_exact_gqa(tmp_path, cli, flags, groups):
+    base, final = make_run(tmp_path, flags, n_query_groups=groups, seed=groups)
+    want = litgpt_merge(final, base, tmp_path)
+    assert_bit_equal(_ours(cli, final, tmp_path / "merged"), want)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize(
+    "flags", [("projection",), ("mlp",), ("head",), ALL], ids=["proj", "mlp", "head", "all"]
+)
+@pytest.mark.parametrize(
+    "base_dtype,lora_dtype",
+    [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+     (torch.float32, torch.bfloat16)],
+    ids=["fp32", "bf16", "bf16base-fp32lora", "fp32base-bf16lora"],
+)
+def test_targets_and_dtypes_bit_exact(tmp_path, cli, flags, base_dtype, lora_dtype):
+    base, final = make_run(tmp_path, flags, base_dtype=base_dtype, lora_dtype=lora_dtype, n_query_groups=2)
+    want = litgpt_merge(final, base, tmp_path)
+    got = _ours(cli, final, tmp_path / "merged")
+    assert_bit_equal(got, want)
+    # LitGPT gives the merged file the LoRA tensors' dtype
+    assert {v.dtype for v in got.values()} == {lora_dtype}
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("groups", [1, 4])
+def test_bf16_qv_gqa_and_mha(tmp_path, cli, groups):
+    base, final = make_run(tmp_path, ("query", "value"), base_dtype=torch.bfloat16, n_query_groups=groups)
+    assert_bit_equal(_ours(cli, final, tmp_path / "m"), litgpt_merge(final, base, tmp_path))
+
+
+@pytest.mark.interop
+def test_gptneox_mlp_bit_exact(tmp_path, cli):
+    base, final = make_run(tmp_path, ALL, mlp="GptNeoxMLP", n_query_groups=4)
+    assert_bit_equal(_ours(cli, final, tmp_path / "m"), litgpt_merge(final, base, tmp_path))
+
+
+@pytest.mark.interop
+def test_wrapped_base(tmp_path, cli):
+    """A base stored as {"model": ...}: LitGPT's merge cannot read it; ours equals LitGPT on an unwrapped copy."""
+    base, final = make_run(tmp_path, ALL, base_dtype=torch.bfloat16, wrap_base=True)
+    plain = unwrap_copy(base, tmp_path / "plain_base")
+    want = litgpt_merge(final, plain, tmp_path)
+    res = cli("merge", final, "--base", base, "--out", tmp_path / "m", "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["base_wrapper"] == "model"
+    got = torch.load(tmp_path / "m" / "lit_model.pth", weights_only=True)
+    assert_bit_equal(got, want)  # and the output is a bare dict, like LitGPT's
+
+
+@pytest.mark.interop
+def test_default_output_beside_adapter_and_mmap_loadable(tmp_path, cli):
+    base, final = make_run(tmp_path, ("query", "value"))
+    want = litgpt_merge(final, base, tmp_path)
+    res = cli("merge", final, "--quiet")
+    assert res.code == 0, res.stderr
+    out = final / "lit_model.pth"
+    assert_bit_equal(torch.load(out, weights_only=True, mmap=True), want)
+    # a second merge refuses: the existing file is looked at and recognised as the merge
+    res = cli("merge", final)
+    assert res.code == 6
+    assert "merged already" in res.stderr and "--force" in res.stderr
+    before = out.stat().st_mtime_ns
+    res = cli("merge", final, "--force", "--quiet")
+    assert res.code == 0, res.stderr
+    assert out.stat().st_mtime_ns >= before
+    assert_bit_equal(torch.load(out, weights_only=True), want)
+
+
+@pytest.mark.interop
+def test_out_dir_is_complete_checkpoint(tmp_path, cli):
+    from litgpt.utils import check_valid_checkpoint_dir
+
+    base, final = make_run(tmp_path, ("query", "value"))
+    out = tmp_path / "merged"
+    res = cli("merge", final, "--out", out, "--quiet")
+    assert res.code == 0, res.stderr
+    for name in ("lit_model.pth", "model_config.yaml", "tokenizer.json", "tokenizer_config.json",
+                 "hyperparameters.yaml", "prompt_style.yaml"):
+        assert (out / name).is_file(), name
+    check_valid_checkpoint_dir(out, raise_error=True)
+    assert not [p for p in out.iterdir() if p.name.startswith(".ckpt-tool-tmp-")]
+
+
+@pytest.mark.interop
+def test_dtype_override_and_safetensors_format(tmp_path, cli):
+    from safetensors.torch import load_file
+
+    base, final = make_run(tmp_path, ALL, base_dtype=torch.float32)
+    want = litgpt_merge(final, base, tmp_path)
+    res = cli("merge", final, "--out", tmp_path / "st", "--format", "safetensors", "--dtype", "bf16", "--json")
+    assert res.code == 0, res.stderr
+    got = load_file(tmp_path / "st" / "model.safetensors")
+    assert_bit_equal(got, {k: v.to(torch.bfloat16) for k, v in want.items()})
+
+
+@pytest.mark.interop
+def test_existing_output_needs_force(tmp_path, cli):
+    base, final = make_run(tmp_path, ("query",))
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "lit_model.pth").write_bytes(b"precious")
+    res = cli("merge", final, "--out", out)
+    assert res.code == 6 and "already exists" in res.stderr and "--force" in res.stderr
+    assert (out / "lit_model.pth").read_bytes() == b"precious"
+    res = cli("merge", final, "--out", out, "--force", "--quiet")
+    assert res.code == 0, res.stderr
+    torch.load(out / "lit_model.pth", weights_only=True)
+
+
+@pytest.mark.interop
+def test_dry_run_writes_nothing(tmp_path, cli):
+    base, final = make_run(tmp_path, ("query", "value"))
+    res = cli("merge", final, "--out", tmp_path / "m", "--dry-run", "--json")
+    assert res.code == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["dry_run"] is True and summary["tensors"]["changed"] == 2
+    assert not (tmp_path / "m").exists()
+    res = cli("merge", final, "--dry-run")
+    assert res.code == 0 and "would write" in res.stdout
+    assert not (final / "lit_model.pth").exists()
+
+
+@pytest.mark.interop
+def test_base_from_hyperparameters_relative_and_checkpoints_prefix(tmp_path, cli, monkeypatch):
+    import yaml
+
+    base, final = make_run(tmp_path, ("query",))
+    (tmp_path / "checkpoints").mkdir()
+    base.rename(tmp_path / "checkpoints" / "base")
+    hp = yaml.safe_load((final / "hyperparameters.yaml").read_text())
+    hp["checkpoint_dir"] = "base"  # as typed on the command line; LitGPT also tries checkpoints/<that>
+    (final / "hyperparameters.yaml").write_text(yaml.safe_dump(hp))
+    monkeypatch.chdir(tmp_path)
+    res = cli("merge", final, "--out", tmp_path / "m", "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["base"].endswith("checkpoints/base")
+    hp["checkpoint_dir"] = "nowhere"
+    (final / "hyperparameters.yaml").write_text(yaml.safe_dump(hp))
+    res = cli("merge", final, "--out", tmp_path / "m2")
+    assert res.code == 3 and "--base" in res.stderr
+
+
+@pytest.mark.interop
+def test_mismatched_architecture_lists_all_problems(tmp_path, cli):
+    """An intermediate step-*/ adapter against a base of another architecture: one error, every mismatch."""
+    config = lit_config(flags=ALL, n_query_groups=2)
+    model = build_lora_model(config)
+    other_cfg = lit_config(flags=ALL, n_embd=64, n_head=4, n_query_groups=4, n_layer=3)
+    other = make_base(tmp_path / "other_base", other_cfg, build_lora_model(other_cfg), torch.float32)
+    step = make_adapter(tmp_path / "out" / "step-000010", config, model, torch.float32, other)
+    res = cli("merge", step, "--out", tmp_path / "m")
+    assert res.code == 6, res.stderr
+    err = res.stderr
+    assert err.count("error:") == 1
+    for needle in ("mismatch", "n_embd", "attn.qkv", "attn.proj", "mlp.fc_1", "lm_head", "input features"):
+        assert needle in err, needle
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.interop
+def test_rank_disagreeing_with_hyperparameters_refused(tmp_path, cli):
+    import yaml
+
+    base, final = make_run(tmp_path, ("query", "value"), r=2)
+    hp = yaml.safe_load((final / "hyperparameters.yaml").read_text())
+    hp["lora_r"] = 4
+    (final / "hyperparameters.yaml").write_text(yaml.safe_dump(hp))
+    res = cli("merge", final, "--out", tmp_path / "m")
+    assert res.code == 6 and "r=4" in res.stderr
+
+
+@pytest.mark.interop
+def test_adapter_v1_refused(tmp_path, cli):
+    import litgpt.adapter
+
+    cfg = litgpt.adapter.Config(
+        name="tiny", n_layer=2, n_embd=32, n_head=4, n_query_groups=2, block_size=16, vocab_size=64,
+        padded_vocab_size=64, mlp_class_name="LLaMAMLP", intermediate_size=48, norm_class_name="RMSNorm",
+        bias=False, adapter_prompt_length=4, adapter_start_layer=0,
+    )
+    model = litgpt.adapter.GPT(cfg)
+    base = tmp_path / "base"
+    base.mkdir()
+    sd = {k: v for k, v in model.state_dict().items() if "adapter_wte" not in k and "gating_factor" not in k}
+    torch.save(sd, base / "lit_model.pth")
+    final = tmp_path / "out" / "final"
+    final.mkdir(parents=True)
+    ad = {k: v for k, v in model.state_dict().items() if "adapter_wte" in k or "gating_factor" in k}
+    torch.save({"model": ad}, final / "lit_model.pth.adapter")
+    from litgpt.utils import save_config
+
+    save_config(cfg, final)
+    res = cli("merge", final, "--base", base, "--out", tmp_path / "m")
+    assert res.code == 6, res.stderr
+    assert "cannot be folded" in res.stderr
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.interop
+def test_output_never_replaces_an_input(tmp_path, cli):
+    base, final = make_run(tmp_path, ("query",))
+    res = cli("merge", final, "--out", base, "--force")
+    assert res.code == 6 and "replace an input" in res.stderr
+
+
+def test_plan_rejects_base_with_lora_tensors(tmp_path):
+    """Plan-level check without the CLI: a "base" that still holds LoRA tensors is a training state."""
+    from ckpt_tool.errors import Refused
+    from ckpt_tool.model import CheckpointInfo, TensorInfo
+    from ckpt_tool.ops.merge_plan import MergeOptions
+    from ckpt_tool_lit.merge import plan_merge
+
+    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
+    adapter = CheckpointInfo("a", "lit", "adapter", "lora", tensors=[t("lm_head.lora_A", (2, 4)), t("lm_head.lora_B", (8, 2))],
+                             lora={"r": 2, "alpha": 4, "head": True}, details={"dir": str(tmp_path)})
+    base = CheckpointInfo("b", "lit", "model", tensors=[t("lm_head.weight", (8, 4)), t("lm_head.lora_A", (2, 4))])
+    with pytest.raises(Refused, match="holds LoRA tensors"):
+        plan_merge(adapter, base, MergeOptions())
+    base.tensors = [t("lm_head.weight", (8, 5))]
+    with pytest.raises(Refused, match="5 input features"):
+        plan_merge(adapter, base, MergeOptions())
+    base.tensors = [t("lm_head.weight", (8, 4))]
+    plan = plan_merge(adapter, base, MergeOptions(dtype="BF16"))
+    assert plan.out_dtype == {"lm_head.weight": "BF16"} and set(plan.changes) == {"lm_head.weight"}
+    assert plan.default_out == tmp_path / "lit_model.pth" and os.fspath(plan.default_out)
