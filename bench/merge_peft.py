@@ -97,14 +97,31 @@ def build_inputs(layers: int, rank: int) -> tuple[Path, Path]:
     base.mkdir(parents=True, exist_ok=True)
     adapter.mkdir(parents=True, exist_ok=True)
     cfg = LlamaConfig(
-        hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
-        num_key_value_heads=4, vocab_size=32000, tie_word_embeddings=False, dtype="bfloat16",
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+        dtype="bfloat16",
     )
     cfg.save_pretrained(base)
     GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(base)
-    h, kv, inter = cfg.hidden_size, cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads, cfg.intermediate_size
-    shapes = {"q_proj": (h, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, h),
-              "gate_proj": (inter, h), "up_proj": (inter, h), "down_proj": (h, inter)}
+    h, kv, inter = (
+        cfg.hidden_size,
+        cfg.hidden_size * cfg.num_key_value_heads // cfg.num_attention_heads,
+        cfg.intermediate_size,
+    )
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (kv, h),
+        "v_proj": (kv, h),
+        "o_proj": (h, h),
+        "gate_proj": (inter, h),
+        "up_proj": (inter, h),
+        "down_proj": (h, inter),
+    }
     gen = torch.Generator().manual_seed(0)
 
     def rnd(*shape: int, std: float = 0.02) -> torch.Tensor:
@@ -125,7 +142,9 @@ def build_inputs(layers: int, rank: int) -> tuple[Path, Path]:
     sd["lm_head.weight"] = rnd(cfg.vocab_size, h)
     save_file(sd, base / "model.safetensors", metadata={"format": "pt"})
     save_file(lora, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
-    LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(TARGETS), task_type="CAUSAL_LM").save_pretrained(adapter)
+    LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules=list(TARGETS), task_type="CAUSAL_LM"
+    ).save_pretrained(adapter)
     return base, adapter
 
 
@@ -200,7 +219,10 @@ def ckpt_tool_cmd(adapter: Path, base: Path, out: Path) -> tuple[list[str], dict
     from ckpt_tool.cli import COMMANDS
 
     env: dict[str, str] = {}
-    if any(importlib.util.find_spec(f"{p}.detect") is None for p in ("ckpt_tool_lit", "ckpt_tool_peft", "ckpt_tool_safetensors")):
+    if any(
+        importlib.util.find_spec(f"{p}.detect") is None
+        for p in ("ckpt_tool_lit", "ckpt_tool_peft", "ckpt_tool_safetensors")
+    ):
         env["CKPT_TOOL_PLUGINS"] = "peft,safetensors"
     exe = shutil.which("ckpt-tool")
     if exe and "ckpt_tool.commands.merge" in COMMANDS:
@@ -221,28 +243,53 @@ def main() -> None:
         t0 = time.perf_counter()
         base, adapter = build_inputs(args.layers, args.rank)
         size = (base / "model.safetensors").stat().st_size
-        print(f"inputs: base {size / 1e9:.2f} GB bf16 ({args.layers} layers), "
-              f"adapter {(adapter / 'adapter_model.safetensors').stat().st_size / 1e6:.1f} MB fp32 r={args.rank}; "
-              f"built in {time.perf_counter() - t0:.1f} s")
+        print(
+            f"inputs: base {size / 1e9:.2f} GB bf16 ({args.layers} layers), "
+            f"adapter {(adapter / 'adapter_model.safetensors').stat().st_size / 1e6:.1f} MB fp32 r={args.rank}; "
+            f"built in {time.perf_counter() - t0:.1f} s"
+        )
         ours_cmd, ours_env = ckpt_tool_cmd(adapter, base, WORK / "out_ours")
         runs = {
-            "copy + fsync (I/O floor)": ([sys.executable, "-c", COPY_SCRIPT, str(base / "model.safetensors"), str(WORK / "out_copy")], {}),
+            "copy + fsync (I/O floor)": (
+                [sys.executable, "-c", COPY_SCRIPT, str(base / "model.safetensors"), str(WORK / "out_copy")],
+                {},
+            ),
             "ckpt-tool merge": (ours_cmd, ours_env),
-            "peft merge_and_unload + save_pretrained": ([sys.executable, "-c", PEFT_SCRIPT, str(base), str(adapter), str(WORK / "out_peft")], {}),
+            "peft merge_and_unload + save_pretrained": (
+                [sys.executable, "-c", PEFT_SCRIPT, str(base), str(adapter), str(WORK / "out_peft")],
+                {},
+            ),
         }
         print(f"ckpt-tool command: {' '.join(ours_cmd[:2])}... {ours_env or ''}")
         results = {}
         for label, (cmd, extra) in runs.items():
             results[label] = run_measured(cmd, {**env, **extra})
-            print(f"  {label:42s} {results[label][0]:7.2f} s   peak RssAnon {results[label][1] / 2**20:7.0f} MiB", flush=True)
-        out = subprocess.run([sys.executable, "-c", COMPARE_SCRIPT, str(WORK / "out_ours"), str(WORK / "out_peft")],
-                             capture_output=True, text=True, env=env, check=True).stdout.split()
+            print(
+                f"  {label:42s} {results[label][0]:7.2f} s   peak RssAnon {results[label][1] / 2**20:7.0f} MiB",
+                flush=True,
+            )
+        out = subprocess.run(
+            [sys.executable, "-c", COMPARE_SCRIPT, str(WORK / "out_ours"), str(WORK / "out_peft")],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout.split()
         n, bad = int(out[0]), int(out[1])
         print(f"bit-identical to PEFT: {'yes' if bad == 0 else 'NO'} ({n - bad}/{n} tensors equal)")
         ours, peft = results["ckpt-tool merge"], results["peft merge_and_unload + save_pretrained"]
-        print(f"ratios: wall {peft[0] / ours[0]:.1f}x faster than PEFT, peak memory {peft[1] / max(ours[1], 1):.1f}x smaller; "
-              f"{ours[0] / results['copy + fsync (I/O floor)'][0]:.1f}x the copy time")
-        print(json.dumps({k: {"seconds": round(v[0], 2), "peak_rss_anon_mib": round(v[1] / 2**20)} for k, v in results.items()}))
+        print(
+            f"ratios: wall {peft[0] / ours[0]:.1f}x faster than PEFT, peak memory {peft[1] / max(ours[1], 1):.1f}x smaller; "
+            f"{ours[0] / results['copy + fsync (I/O floor)'][0]:.1f}x the copy time"
+        )
+        print(
+            json.dumps(
+                {
+                    k: {"seconds": round(v[0], 2), "peak_rss_anon_mib": round(v[1] / 2**20)}
+                    for k, v in results.items()
+                }
+            )
+        )
     finally:
         if not args.keep and WORK.exists():
             shutil.rmtree(WORK)

@@ -24,22 +24,22 @@ import torch
 
 # A LLaMA-style model with grouped-query attention (q 32 rows, k = v 16 rows per layer), so
 # the fused qkv parts have different sizes and LoRA targets can be told apart by shapes.
-TINY: dict[str, Any] = dict(
-    name="tiny-llama",
-    n_layer=2,
-    n_head=4,
-    n_embd=32,
-    block_size=64,
-    vocab_size=100,
-    padded_vocab_size=128,
-    n_query_groups=2,
-    mlp_class_name="LLaMAMLP",
-    intermediate_size=64,
-    norm_class_name="RMSNorm",
-    bias=False,
-    rotary_percentage=1.0,
-    parallel_residual=False,
-)
+TINY: dict[str, Any] = {
+    "name": "tiny-llama",
+    "n_layer": 2,
+    "n_head": 4,
+    "n_embd": 32,
+    "block_size": 64,
+    "vocab_size": 100,
+    "padded_vocab_size": 128,
+    "n_query_groups": 2,
+    "mlp_class_name": "LLaMAMLP",
+    "intermediate_size": 64,
+    "norm_class_name": "RMSNorm",
+    "bias": False,
+    "rotary_percentage": 1.0,
+    "parallel_residual": False,
+}
 # Multi-head attention (q = k = v sizes): q/k/v LoRA parts cannot be told apart by shapes.
 TINY_MHA: dict[str, Any] = {**TINY, "name": "tiny-mha", "n_query_groups": 4}
 
@@ -83,9 +83,8 @@ def base_state_dict(config: Any = None, dtype: torch.dtype | str = torch.float32
 
 def write_model_config(directory: Path, config: Any = None) -> Path:
     """``model_config.yaml`` as LitGPT writes it (``litgpt.utils.save_config``)."""
-    from litgpt.utils import save_config
-
     import litgpt
+    from litgpt.utils import save_config
 
     directory.mkdir(parents=True, exist_ok=True)
     save_config(tiny_config(config, cls=litgpt.Config), directory)
@@ -203,7 +202,7 @@ def build_lora_final(
     copied base config/tokenizer files and ``hyperparameters.yaml`` (the recorded command line)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    flags = dict(query=query, key=key, value=value, projection=projection, mlp=mlp, head=head)
+    flags = {"query": query, "key": key, "value": value, "projection": projection, "mlp": mlp, "head": head}
     sd = lora_state_dict(config, r=r, alpha=alpha, dtype=dtype, seed=seed, **flags)
     torch.save({"model": sd}, directory / file_name)
     if model_config:

@@ -13,14 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lit_helpers as lh
 import pytest
 import torch
+from ckpt_tool_lit import detect as lit_detect
 
-import lit_helpers as lh
 from ckpt_tool.errors import InvalidFile, NotFound
 from ckpt_tool.io.container import Probe
 from ckpt_tool.ops.inspect import detect
-from ckpt_tool_lit import detect as lit_detect
 
 pytestmark = pytest.mark.interop
 
@@ -156,6 +156,23 @@ def test_qkv_parts_from_model_config(root, base_dir, flags, expected):
         assert info.lora["targets"] == [n for n, on in zip(("query", "key", "value"), expected) if on]
 
 
+def test_qkv_parts_unknowable_with_multi_head_attention(root, base_dir):
+    final = lh.build_lora_final(root / "mha", base_dir, lh.TINY_MHA, hyperparameters=False)
+    info = _lit(final)
+    assert (info.lora["query"], info.lora["key"], info.lora["value"]) == (None, None, None)
+    assert info.lora["targets"] == ["qkv"]
+    assert "query+value" in " ".join(info.warnings)
+
+
+def test_recorded_qkv_flags_that_do_not_fit_the_tensors(root, base_dir):
+    final = lh.build_lora_final(root / "qkv-lie", base_dir, query=True, key=False, value=False)
+    flags = {"query": False, "key": True, "value": True, "projection": False, "mlp": False, "head": False}
+    lh.write_hyperparameters(final, "lora", lh.lora_args(base_dir, 4, 8, flags, "32-true"))
+    info = detect(final)
+    assert (info.lora["query"], info.lora["key"], info.lora["value"]) == (False, True, True)
+    assert any("enables key+value on attn.qkv but the LoRA tensors cover query" in w for w in info.warnings)
+
+
 def test_qkv_candidates_for_merge_helpers(root, base_dir):
     final = lh.build_lora_final(root / "cand", base_dir, hyperparameters=False)
     info = _lit(final)
@@ -164,8 +181,8 @@ def test_qkv_candidates_for_merge_helpers(root, base_dir):
 
 def test_rank_mismatch_warns(root, base_dir):
     final = lh.build_lora_final(root / "mismatch", base_dir)
-    lh.write_hyperparameters(final, "lora", lh.lora_args(base_dir, 8, 16, dict(
-        query=True, key=False, value=True, projection=False, mlp=True, head=False), "32-true"))
+    lh.write_hyperparameters(final, "lora", lh.lora_args(base_dir, 8, 16, {
+        "query": True, "key": False, "value": True, "projection": False, "mlp": True, "head": False}, "32-true"))
     info = detect(final)
     assert info.lora["r"] == 8 and info.lora["alpha"] == 16
     text = " | ".join(info.warnings)
@@ -212,6 +229,15 @@ def test_merged_final_reports_model_and_adapter(merged_final):
     assert comp.lora["targets"] == ["query", "value", "mlp"]
     assert comp.details["weights"].endswith("lit_model.pth.lora")
     assert info.warnings == []
+
+
+def test_merged_final_that_does_not_fit_the_adapter(lora_final, tmp_path):
+    final = tmp_path / "final"
+    shutil.copytree(lora_final, final)
+    lh.build_base(final, {**lh.TINY, "n_embd": 48}, tokenizer=False, model_config=False)
+    info = detect(final)
+    assert info.kind == "model" and info.companions[0].adapter_type == "lora"
+    assert any("does not fit the LoRA adapter" in w for w in info.warnings)
 
 
 def test_full_finetune_and_training_state(root, base_dir):
@@ -460,6 +486,38 @@ def test_detect_does_not_import_torch(merged_final):
         "assert 'torch' not in sys.modules, 'torch imported'; "
         "assert 'litgpt' not in sys.modules; print('ok')"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+def test_cli_json_matches_detect_for_every_layout(root, base_dir, lora_final, merged_final, cli):
+    """``ckpt-tool inspect --json`` prints exactly what ``detect`` found, for each kind of LitGPT input."""
+    zoo = root / "zoo"
+    legacy = zoo / "legacy"
+    legacy.mkdir(parents=True)
+    torch.save({"model": lh.adapter_state_dict(version=2)}, legacy / "lit_model_adapter_finetuned.pth")
+    torch.save(lh.training_state(), legacy / "step-000010.pth")
+    lh.write_lit_config_json(legacy)
+    paths = [
+        base_dir,
+        base_dir / "lit_model.pth",
+        lora_final,
+        lora_final / "lit_model.pth.lora",
+        merged_final,
+        lh.build_adapter_final(zoo / "a1", 1, base_dir),
+        lh.build_full_step(zoo / "step-000020", base_dir, step_count=20),
+        legacy,
+        legacy / "step-000010.pth",
+    ]
+    for p in paths:
+        res = cli("inspect", p, "--json", "--tensors")
+        assert res.code == 0, (p, res.stderr)
+        data = json.loads(res.stdout)
+        assert data == json.loads(json.dumps(detect(p).to_json(with_tensors=True))), p
+        assert data["format"] == "lit"
+    legacy_json = json.loads(cli("inspect", legacy, "--json").stdout)
+    assert legacy_json["adapter_type"] == "adapter_v2"
+    assert any("lit_config.json" in w for w in legacy_json["warnings"])
+    step_json = json.loads(cli("inspect", zoo / "step-000020", "--json").stdout)
+    assert step_json["training_state"] is True and step_json["metadata"]["step_count"] == 20

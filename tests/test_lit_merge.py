@@ -255,3 +255,17 @@ def test_plan_rejects_base_with_lora_tensors(tmp_path):
     plan = plan_merge(adapter, base, MergeOptions(dtype="BF16"))
     assert plan.out_dtype == {"lm_head.weight": "BF16"} and set(plan.changes) == {"lm_head.weight"}
     assert plan.default_out == tmp_path / "lit_model.pth" and os.fspath(plan.default_out)
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_blocked_delta_still_bit_exact(tmp_path, cli, monkeypatch, dtype):
+    """Add the base weight in many odd-sized row blocks; still LitGPT's bits (and diff agrees)."""
+    import ckpt_tool_lit.merge as lit_merge
+
+    monkeypatch.setattr(lit_merge, "ADD_BLOCK_ELEMS", 7 * 32)  # 7 rows of 32 columns per block
+    base, final = make_run(tmp_path, ALL, base_dtype=dtype)
+    want = litgpt_merge(final, base, tmp_path)
+    assert_bit_equal(_ours(cli, final, tmp_path / "m"), want)
+    res = cli("diff", tmp_path / "m" / "lit_model.pth", tmp_path / "ref_final" / "lit_model.pth")
+    assert res.code == 0 and "bit-equal" in res.stdout, res.stdout + res.stderr

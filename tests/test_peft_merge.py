@@ -21,12 +21,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file
 
-from ckpt_tool.errors import Refused  # noqa: E402
-from ckpt_tool.io.container import read_container  # noqa: E402
-from ckpt_tool.model import CheckpointInfo  # noqa: E402
-from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan  # noqa: E402
+from ckpt_tool.errors import Refused
+from ckpt_tool.io.container import read_container
+from ckpt_tool.model import CheckpointInfo
+from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 
 pytestmark = pytest.mark.interop
 
@@ -62,9 +62,17 @@ def gpt2():
     return GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=96, n_positions=64))
 
 
-def make_case(tmp: Path, model, dtype: torch.dtype, lora_kwargs: dict[str, Any], *, autocast: bool = True,
-              extra_adapters: dict[str, dict[str, Any]] | None = None, shard: str | None = None,
-              safe: bool = True) -> tuple[Path, Path]:
+def make_case(
+    tmp: Path,
+    model,
+    dtype: torch.dtype,
+    lora_kwargs: dict[str, Any],
+    *,
+    autocast: bool = True,
+    extra_adapters: dict[str, dict[str, Any]] | None = None,
+    shard: str | None = None,
+    safe: bool = True,
+) -> tuple[Path, Path]:
     """Save ``model`` in ``dtype`` as the base and a trained-looking adapter for it."""
     from peft import LoraConfig, get_peft_model
 
@@ -133,7 +141,11 @@ def detect_adapter(path: Path) -> CheckpointInfo:
     weights = path / "adapter_model.safetensors"
     cfg = json.loads((path / "adapter_config.json").read_text())
     return CheckpointInfo(
-        path=str(path), format="peft", kind="adapter", adapter_type="lora", files=[str(weights)],
+        path=str(path),
+        format="peft",
+        kind="adapter",
+        adapter_type="lora",
+        files=[str(weights)],
         tensors=list(read_container(weights).tensors.values()),
         details={"config": cfg, "adapter_name": "default", "dir": str(path), "weights": str(weights)},
     )
@@ -146,7 +158,10 @@ def detect_base(path: Path) -> CheckpointInfo:
         return info
     weights = path / "model.safetensors"
     return CheckpointInfo(
-        path=str(path), format="safetensors", kind="model", files=[str(weights)],
+        path=str(path),
+        format="safetensors",
+        kind="model",
+        files=[str(weights)],
         tensors=list(read_container(weights).tensors.values()),
         details={"config": json.loads((path / "config.json").read_text()), "dir": str(path)},
     )
@@ -217,8 +232,8 @@ def ours(tmp: Path, base_dir: Path, ad_dir: Path, **opts: Any) -> dict[str, torc
 
 def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert sorted(a) == sorted(b)
-    for k in a:
-        x, y = a[k], b[k]
+    for k, x in a.items():
+        y = b[k]
         assert x.dtype == y.dtype and x.shape == y.shape, k
         iv = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
         assert torch.equal(x.contiguous().view(iv), y.contiguous().view(iv)), f"{k} differs"
@@ -245,15 +260,21 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_plain_lora_llama(tmp_path, dt):
     dtype = DTYPES[dt]
-    b, a = make_case(tmp_path, llama(), dtype, dict(r=4, lora_alpha=16, target_modules=ALL_LINEAR))
+    b, a = make_case(tmp_path, llama(), dtype, {"r": 4, "lora_alpha": 16, "target_modules": ALL_LINEAR})
     check(tmp_path, b, a, dtype, changed=14)
 
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_rslora_rank_alpha_pattern(tmp_path, dt):
     dtype = DTYPES[dt]
-    kw = dict(r=4, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
-              rank_pattern={"v_proj": 2, r"layers\.1\.self_attn\.q_proj": 6}, alpha_pattern={"down_proj": 3})
+    kw = {
+        "r": 4,
+        "lora_alpha": 8,
+        "use_rslora": True,
+        "target_modules": ["q_proj", "v_proj", "down_proj"],
+        "rank_pattern": {"v_proj": 2, r"layers\.1\.self_attn\.q_proj": 6},
+        "alpha_pattern": {"down_proj": 3},
+    }
     b, a = make_case(tmp_path, llama(), dtype, kw)
     got = check(tmp_path, b, a, dtype, changed=6)
     assert got  # shapes per module came from rank_pattern
@@ -264,14 +285,24 @@ def test_rslora_rank_alpha_pattern(tmp_path, dt):
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_dora_linear(tmp_path, dt):
     dtype = DTYPES[dt]
-    b, a = make_case(tmp_path, llama(), dtype, dict(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "up_proj"]))
+    b, a = make_case(
+        tmp_path,
+        llama(),
+        dtype,
+        {"r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": ["q_proj", "v_proj", "up_proj"]},
+    )
     check(tmp_path, b, a, dtype, changed=6)
 
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_embedding_lora_and_modules_to_save(tmp_path, dt):
     dtype = DTYPES[dt]
-    kw = dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "o_proj"], modules_to_save=["lm_head"])
+    kw = {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["embed_tokens", "o_proj"],
+        "modules_to_save": ["lm_head"],
+    }
     b, a = make_case(tmp_path, llama(), dtype, kw)
     keys = load_file(a / "adapter_model.safetensors")
     assert "base_model.model.lm_head.weight" in keys
@@ -280,14 +311,25 @@ def test_embedding_lora_and_modules_to_save(tmp_path, dt):
 
 
 def test_embedding_dora(tmp_path):
-    b, a = make_case(tmp_path, llama(), torch.bfloat16, dict(r=4, lora_alpha=8, use_dora=True, target_modules=["embed_tokens", "k_proj"]))
+    b, a = make_case(
+        tmp_path,
+        llama(),
+        torch.bfloat16,
+        {"r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": ["embed_tokens", "k_proj"]},
+    )
     check(tmp_path, b, a, torch.bfloat16, changed=3)
 
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
 def test_gpt2_conv1d_lora_bias(tmp_path, dt):
     dtype = DTYPES[dt]
-    kw = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True, lora_bias=True)
+    kw = {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["c_attn", "c_proj", "c_fc"],
+        "fan_in_fan_out": True,
+        "lora_bias": True,
+    }
     b, a = make_case(tmp_path, gpt2(), dtype, kw)
     plan = plan_for(b, a)
     assert plan.summary["fan_in_fan_out_modules"] == 8 and plan.summary["lora_bias_modules"] == 8
@@ -295,7 +337,13 @@ def test_gpt2_conv1d_lora_bias(tmp_path, dt):
 
 
 def test_gpt2_conv1d_dora(tmp_path):
-    kw = dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True, use_dora=True)
+    kw = {
+        "r": 4,
+        "lora_alpha": 8,
+        "target_modules": ["c_attn", "c_proj"],
+        "fan_in_fan_out": True,
+        "use_dora": True,
+    }
     b, a = make_case(tmp_path, gpt2(), torch.bfloat16, kw)
     check(tmp_path, b, a, torch.bfloat16, changed=6)  # attn.c_attn, attn.c_proj, mlp.c_proj x 2 layers
 
@@ -303,7 +351,7 @@ def test_gpt2_conv1d_dora(tmp_path):
 @pytest.mark.parametrize("bias", ["all", "lora_only"])
 def test_trained_biases_replace_base(tmp_path, bias):
     """bias="all"/"lora_only" saves biases (``….base_layer.bias``, ``….ln_1.bias``) that replace the base's."""
-    kw = dict(r=4, lora_alpha=8, target_modules=["c_attn"], bias=bias)
+    kw = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "bias": bias}
     b, a = make_case(tmp_path, gpt2(), torch.bfloat16, kw)
     plan = plan_for(b, a)
     assert "transformer.h.0.attn.c_attn.bias" in plan.summary["replaced_tensors"]
@@ -311,14 +359,25 @@ def test_trained_biases_replace_base(tmp_path, bias):
 
 
 def test_sharded_base_and_bin_adapter(tmp_path):
-    b, a = make_case(tmp_path, llama(), torch.bfloat16, dict(r=4, lora_alpha=8, target_modules=["q_proj", "gate_proj"]),
-                     shard="20KB", safe=False)
+    b, a = make_case(
+        tmp_path,
+        llama(),
+        torch.bfloat16,
+        {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "gate_proj"]},
+        shard="20KB",
+        safe=False,
+    )
     assert (b / "model.safetensors.index.json").is_file() and (a / "adapter_model.bin").is_file()
     check(tmp_path, b, a, torch.bfloat16, changed=4)
 
 
 def test_fp16_base(tmp_path):
-    b, a = make_case(tmp_path, llama(), torch.float16, dict(r=4, lora_alpha=8, use_rslora=True, target_modules=ALL_LINEAR))
+    b, a = make_case(
+        tmp_path,
+        llama(),
+        torch.float16,
+        {"r": 4, "lora_alpha": 8, "use_rslora": True, "target_modules": ALL_LINEAR},
+    )
     check(tmp_path, b, a, torch.float16, changed=14)
 
 
@@ -326,23 +385,31 @@ def test_bf16_saved_adapter_on_fp32_base(tmp_path):
     """Adapter tensors saved in bf16 are upcast to fp32 parameters by from_pretrained."""
     from peft import LoraConfig, get_peft_model
 
-    b, a = make_case(tmp_path, llama(), torch.float32, dict(r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"]))
+    b, a = make_case(
+        tmp_path, llama(), torch.float32, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "up_proj"]}
+    )
     sd = load_file(a / "adapter_model.safetensors")
-    save_file({k: v.to(torch.bfloat16) for k, v in sd.items()}, a / "adapter_model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v.to(torch.bfloat16) for k, v in sd.items()},
+        a / "adapter_model.safetensors",
+        metadata={"format": "pt"},
+    )
     del LoraConfig, get_peft_model
     check(tmp_path, b, a, torch.float32, changed=4)
 
 
 def test_dtype_override_casts_at_the_end(tmp_path):
-    b, a = make_case(tmp_path, llama(), torch.float32, dict(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    b, a = make_case(
+        tmp_path, llama(), torch.float32, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    )
     ref = reference(tmp_path, b, a, torch.float32)
     got = ours(tmp_path, b, a, dtype="bf16")
     assert_bit_equal(got, {k: v.to(torch.bfloat16) for k, v in ref.items()})
 
 
 def test_multi_adapter_dir(tmp_path):
-    kw = dict(r=4, lora_alpha=8, target_modules=["q_proj"])
-    other = dict(r=2, lora_alpha=4, target_modules=["v_proj", "down_proj"])
+    kw = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    other = {"r": 2, "lora_alpha": 4, "target_modules": ["v_proj", "down_proj"]}
     b, a = make_case(tmp_path, llama(), torch.float32, kw, extra_adapters={"other": other})
     assert (a / "other" / "adapter_config.json").is_file()
     ref = reference(tmp_path, b, a / "other", torch.float32)
@@ -355,7 +422,12 @@ def test_multi_adapter_dir(tmp_path):
 
 
 def test_tied_embeddings_embedding_lora(tmp_path):
-    b, a = make_case(tmp_path, llama(tie=True), torch.bfloat16, dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]))
+    b, a = make_case(
+        tmp_path,
+        llama(tie=True),
+        torch.bfloat16,
+        {"r": 4, "lora_alpha": 8, "target_modules": ["embed_tokens", "q_proj"]},
+    )
     assert "lm_head.weight" not in load_file(b / "model.safetensors")
     check(tmp_path, b, a, torch.bfloat16, changed=3)
 
@@ -376,7 +448,9 @@ def _edit_weights(ad: Path, fn) -> None:
 
 @pytest.fixture
 def simple(tmp_path):
-    return make_case(tmp_path, llama(), torch.float32, dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    return make_case(
+        tmp_path, llama(), torch.float32, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    )
 
 
 @pytest.mark.parametrize(
@@ -406,7 +480,9 @@ def test_all_problems_in_one_refusal(simple):
         sd.pop("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")  # missing B
         sd["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"] = torch.zeros(0)  # ZeRO-3 style
         sd["base_model.model.model.layers.0.self_attn.v_proj.lora_A.weight"] = torch.ones(4, 31)  # bad shape
-        sd["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = torch.ones(4, 32)  # not in base
+        sd["base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight"] = torch.ones(
+            4, 32
+        )  # not in base
         sd["base_model.model.model.layers.7.self_attn.q_proj.lora_B.weight"] = torch.ones(32, 4)
         return sd
 
@@ -415,8 +491,14 @@ def test_all_problems_in_one_refusal(simple):
     with pytest.raises(Refused) as exc:
         plan_for(b, a)
     msg = str(exc.value)
-    for words in ("layers.0.self_attn.q_proj: missing lora_B.weight", "ZeRO-3", "layers.0.self_attn.v_proj",
-                  "layers.7.self_attn.q_proj", "rewrote the base", "5 problem"):
+    for words in (
+        "layers.0.self_attn.q_proj: missing lora_B.weight",
+        "ZeRO-3",
+        "layers.0.self_attn.v_proj",
+        "layers.7.self_attn.q_proj",
+        "rewrote the base",
+        "5 problem",
+    ):
         assert words in msg, words
 
 
@@ -437,8 +519,43 @@ def test_refuses_base_with_lora_keys(simple, tmp_path):
 
 
 def test_refuses_tied_lm_head(tmp_path):
-    b, a = make_case(tmp_path, llama(tie=True), torch.float32, dict(r=4, lora_alpha=8, target_modules=["q_proj", "lm_head"]))
+    b, a = make_case(
+        tmp_path,
+        llama(tie=True),
+        torch.float32,
+        {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "lm_head"]},
+    )
     with pytest.raises(Refused, match="ties lm_head"):
+        plan_for(b, a)
+
+
+def test_refuses_modules_to_save_embedding_of_tied_base(tmp_path):
+    """PEFT unties the embeddings (writes lm_head.weight, flips tie_word_embeddings): not a same-layout merge."""
+    kw = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["embed_tokens"]}
+    b, a = make_case(tmp_path, llama(tie=True), torch.float32, kw)
+    with pytest.raises(Refused, match="unties them"):
+        plan_for(b, a)
+
+
+def test_refuses_tied_config_with_stored_lm_head(tmp_path):
+    b, a = make_case(
+        tmp_path,
+        llama(tie=True),
+        torch.float32,
+        {"r": 4, "lora_alpha": 8, "target_modules": ["embed_tokens"]},
+    )
+    sd = load_file(b / "model.safetensors")
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    save_file(sd, b / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(Refused, match="also store lm_head.weight"):
+        plan_for(b, a)
+
+
+def test_refuses_keys_damaged_by_old_peft_name_stripping(simple):
+    """PEFT <= 0.17 saved an adapter named 'lora' as '…q_proj_A.weight'; PEFT ignores such keys when loading."""
+    b, a = simple
+    _edit_weights(a, lambda sd: {k.replace(".lora_", "_"): v for k, v in sd.items()})
+    with pytest.raises(Refused, match="damaged on disk"):
         plan_for(b, a)
 
 
@@ -475,7 +592,13 @@ def only_ready_plugins(monkeypatch):
 def test_merge_operation_finds_local_base(tmp_path, only_ready_plugins):
     from ckpt_tool.ops.merge import merge
 
-    kw = dict(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "down_proj"], modules_to_save=["lm_head"])
+    kw = {
+        "r": 4,
+        "lora_alpha": 8,
+        "use_dora": True,
+        "target_modules": ["q_proj", "down_proj"],
+        "modules_to_save": ["lm_head"],
+    }
     b, a = make_case(tmp_path, llama(), torch.bfloat16, kw)
     _edit_config(a, base_model_name_or_path=str(b))  # a local dir: found without --base
     out = tmp_path / "merged"
@@ -497,7 +620,12 @@ def test_cli_merge(tmp_path, cli, only_ready_plugins):
 
     if "ckpt_tool.commands.merge" not in COMMANDS:
         pytest.skip("the merge command is not registered in ckpt_tool.cli.COMMANDS yet")
-    b, a = make_case(tmp_path, gpt2(), torch.float32, dict(r=4, lora_alpha=8, target_modules=["c_attn"], lora_bias=True))
+    b, a = make_case(
+        tmp_path,
+        gpt2(),
+        torch.float32,
+        {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"], "lora_bias": True},
+    )
     out = tmp_path / "merged"
     r = cli("merge", a, "--base", b, "--out", out)
     assert r.code == 0, r.stderr

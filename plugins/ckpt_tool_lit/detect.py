@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import CkptError, NotFound
+from ckpt_tool.errors import CkptError, InvalidFile, NotFound
 from ckpt_tool.io import sniff as _sniff
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool_lit import config as _config
@@ -53,7 +53,7 @@ _LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<part>[AB])$")
 _LEGACY_ATTN = re.compile(r"\.attn\.attn\.")
 # Keys only LitGPT's GPT has (HF GPT-2 also starts with ``transformer.``, so that is not enough).
 _DISTINCTIVE = re.compile(r"^transformer\.h\.\d+\.(norm_1|attn\.qkv|attn\.attn)\.")
-_CLASS_TEXT = {LORA: "LoRA adapter", ADAPTER: "adapter (v1)", ADAPTER_V2: "adapter v2", FULL: "model"}
+_CLASS_TEXT = {LORA: "LoRA adapter", ADAPTER: "adapter v1", ADAPTER_V2: "adapter v2", FULL: "model"}
 
 
 @dataclass
@@ -125,6 +125,13 @@ def _intermediate_number(name: str) -> int | None:
     return None
 
 
+def _files(d: Path) -> list[Path]:
+    try:
+        return sorted(f for f in d.iterdir() if f.is_file())
+    except OSError as exc:
+        raise InvalidFile(f"{d}: cannot list the folder ({exc.strerror or exc})", "check its permissions") from None
+
+
 def _detect_dir(d: Path, probe: Any) -> CheckpointInfo | None:
     side_cache: list[_Side] = []
 
@@ -136,7 +143,7 @@ def _detect_dir(d: Path, probe: Any) -> CheckpointInfo | None:
     adapters = [d / n for n in ADAPTER_NAMES if (d / n).is_file()]
     legacy_finals = [d / n for n in LEGACY_FINAL if (d / n).is_file()]
     intermediates = sorted(
-        (f for f in d.iterdir() if f.is_file() and _intermediate_number(f.name) is not None),
+        (f for f in _files(d) if _intermediate_number(f.name) is not None),
         key=lambda f: (_intermediate_number(f.name), f.name),
     )
     base = d / BASE_NAME
@@ -159,9 +166,9 @@ def _detect_dir(d: Path, probe: Any) -> CheckpointInfo | None:
         comp = _describe(other, probe, side, as_dir=True)
         if comp is not None:
             info.companions.append(comp)
-    if main == base and info.companions:
+    if main == base and info.kind == "model" and any(c.adapter_type == LORA for c in info.companions):
         _check_merged(info)
-    elif info.companions:
+    elif info.companions and info.kind == "adapter":
         names = ", ".join(Path(c.files[0]).name for c in info.companions)
         info.warnings.append(
             f"{d.name}/ holds several adapter files ({Path(main).name}, {names}); each is reported — "
@@ -181,7 +188,7 @@ def _detect_dir(d: Path, probe: Any) -> CheckpointInfo | None:
 def _no_weights(d: Path) -> CheckpointInfo | None:
     """A folder without LitGPT weights: step aside, or say where the weights are."""
     if any((d / n).is_file() for n in MARKER_FILES):
-        if any(f.is_file() and f.name.endswith(HF_WEIGHT_SUFFIXES) for f in d.iterdir()):
+        if any(f.name.endswith(HF_WEIGHT_SUFFIXES) for f in _files(d)):
             return None  # e.g. a downloaded HF model not converted yet: the HF handler describes it
         raise NotFound(
             f"{d}: a LitGPT checkpoint folder without weights (no {BASE_NAME} or {BASE_NAME}.lora/.adapter/.adapter_v2)",
@@ -568,8 +575,10 @@ def _lora_summary(
 
     if alpha is None:
         if source is None:
+            why = (f"{_config.HYPERPARAMETERS} holds no LoRA settings" if hp is not None
+                   else f"no {_config.HYPERPARAMETERS} records it")
             warnings.append(
-                f"LoRA alpha is unknown: no {_config.HYPERPARAMETERS} records it and the tensors cannot. "
+                f"LoRA alpha is unknown: {why} and the tensors cannot tell. "
                 f"The old lit-gpt default was alpha={OLD_DEFAULT_ALPHA} (with r=8); nothing is assumed — "
                 "pass --alpha when merging"
             )
@@ -600,11 +609,13 @@ def _check_merged(info: CheckpointInfo) -> None:
     """A ``final/`` with both ``lit_model.pth`` and an adapter: LitGPT treats the model as "already
     merged" without looking; look at least that the model is complete and the adapter fits it."""
     info.metadata["merged"] = True
+    info.description = (info.description or "").replace(
+        "LitGPT model", "LitGPT model merged from the LoRA adapter beside it", 1
+    )
     model_keys = {t.name: t for t in info.tensors}
     for comp in info.companions:
         if comp.adapter_type != LORA:
             continue
-        info.description = info.description.replace("LitGPT model", "LitGPT model merged from the LoRA adapter beside it", 1)
         missing = []
         for t in comp.tensors:
             m = _LORA_KEY.match(t.name)

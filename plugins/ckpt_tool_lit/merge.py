@@ -407,18 +407,35 @@ def _then_cast(fn: Any, dtype: str) -> Any:
     return change
 
 
+#: The base weight is added in row blocks of at most this many elements, so merging a 32000 x 4096
+#: lm_head holds the delta plus one block, not a second full-size copy of the weight.
+ADD_BLOCK_ELEMS = 1 << 22
+
+
 def _linear_change(a_name: str, b_name: str, lora_dtype: str, scaling: float) -> Any:
-    """``LoRALinear.merge``: ``weight.data += (lora_B @ lora_A) * scaling`` in the LoRA dtype."""
+    """``LoRALinear.merge``: ``weight.data += (lora_B @ lora_A) * scaling`` in the LoRA dtype.
+
+    ``B @ A`` is one matmul over the whole matrix, exactly as LitGPT calls it
+    (splitting it changes the bits: GEMM edge kernels round differently).
+    The delta buffer then receives ``weight + delta`` block by block with the
+    operands in LitGPT's order (``torch.add(weight, delta, out=delta)``), so
+    the only full-size allocation is the delta itself.
+    """
 
     def change(w: torch.Tensor, load: Any) -> torch.Tensor:
+        import torch
+
         from ckpt_tool.io.tensors import torch_dtype
 
         dt = torch_dtype(lora_dtype)
-        weight = w.to(dt, copy=True)
         lora_a, lora_b = load(a_name).to(dt), load(b_name).to(dt)
-        delta = (lora_b @ lora_a) * scaling
-        weight += delta
-        return weight
+        delta = lora_b @ lora_a
+        delta.mul_(scaling)  # the same kernel as LitGPT's ``(B @ A) * scaling``, in place
+        step = max(1, ADD_BLOCK_ELEMS // max(1, w.shape[1]))
+        for i in range(0, w.shape[0], step):
+            block = delta[i : i + step]
+            torch.add(w[i : i + step].to(dt), block, out=block)  # model.to(lora_dtype), then weight += delta
+        return delta
 
     return change
 

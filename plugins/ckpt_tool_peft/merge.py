@@ -225,10 +225,10 @@ def _check_config(cfg: dict[str, Any], problems: list[str]) -> None:
 
 def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
     """PEFT's ``get_pattern_key``: the first pattern (dict order) matching the end of the module name."""
-    for key in patterns:
+    for key, value in patterns.items():
         try:
             if re.match(rf"(.*\.)?({key})$", module):
-                return patterns[key]
+                return value
         except re.error:
             continue
     return patterns.get(module, default)
@@ -403,6 +403,54 @@ def _tied(base_config: dict[str, Any], model_type: str) -> bool:
     return bool(base_config.get("tie_word_embeddings", True))
 
 
+def _check_tied(
+    base_config: dict[str, Any],
+    base_by_name: dict[str, TensorInfo],
+    modules: dict[str, _Module],
+    replacements: dict[str, str],
+    problems: list[str],
+) -> None:
+    """Tied input/output embeddings: refuse what PEFT + save_pretrained would turn into a different
+    tensor set or config than the base's (verified against PEFT 0.21.2 / transformers 5.3).
+
+    * modules_to_save on the input embedding replaces the module with an untied copy: PEFT writes a
+      new ``lm_head.weight`` and flips ``tie_word_embeddings`` to false in config.json.
+    * a base file that stores ``lm_head.weight`` although the config ties it: the merged model comes
+      out untied and PEFT saves it with ``tie_word_embeddings=false``.
+    """
+    vocab = base_config.get("vocab_size")
+    if not isinstance(vocab, int):
+        return
+    hint = (
+        "untie the base first (load it with tie_word_embeddings=False, copy the input embedding into "
+        "lm_head.weight, save) and merge against that"
+    )
+    for target, key in replacements.items():
+        bt = base_by_name[target]
+        if (
+            ".base_layer." not in key
+            and len(bt.shape) == 2
+            and bt.shape[0] == vocab
+            and not target.endswith("lm_head.weight")
+        ):
+            problems.append(
+                f"adapter tensor {key!r} (modules_to_save) replaces the input embedding of a base with tied "
+                f"embeddings; PEFT's merge unties them (new lm_head.weight, tie_word_embeddings=false) - {hint}"
+            )
+    lm_heads = [n for n in base_by_name if n == "lm_head.weight" or n.endswith(".lm_head.weight")]
+    touched = set(replacements) | {m.weight for m in modules.values() if m.weight}
+    vocab_touched = [
+        n for n in touched if len(base_by_name[n].shape) == 2 and base_by_name[n].shape[0] == vocab
+    ]
+    if lm_heads and vocab_touched:
+        problems.append(
+            f"the base config ties the embeddings but its files also store {lm_heads[0]}, and the adapter changes "
+            f"{', '.join(sorted(vocab_touched))}: PEFT's merged model (transformers 5.3) ends up untied and is saved "
+            "with tie_word_embeddings=false, so a copy of the base config.json would describe a different model - "
+            "if lm_head.weight is meant to be separate, set tie_word_embeddings=false in the base config.json first"
+        )
+
+
 def _group(problems: list[str], modules: set[str]) -> list[str]:
     """Fold "<module>: <same complaint>" lines into one line per complaint, so a rank mismatch on 200
     modules reads as one problem naming a few of them rather than 200 lines."""
@@ -469,7 +517,20 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     # ---- classify the adapter tensors
     modules: dict[str, _Module] = {}
     replacements: dict[str, str] = {}  # base tensor -> adapter key
+    details = adapter.details or {}
+    repairs: dict[str, str] = dict(((details.get("adapters") or {}).get(ad.name) or {}).get("repairs") or {})
+    if not repairs and ad.name == details.get("adapter_name"):
+        repairs = dict(details.get("repairs") or {})
+    if repairs:
+        old = next(iter(repairs))
+        problems.append(
+            f"{len(repairs)} adapter key(s) were damaged on disk by the adapter-name stripping of PEFT <= 0.17 "
+            f"(e.g. {old!r} instead of {repairs[old]!r}); PEFT would silently load none of them - restore '.lora_' "
+            "in the key names first (see 'ckpt-tool inspect')"
+        )
     for key, t in ad.tensors.items():
+        if key in repairs:
+            continue
         if not key.startswith(PREFIX):
             problems.append(f"adapter tensor {key!r} does not start with {PREFIX!r} (not a PEFT LoRA save)")
             continue
@@ -625,6 +686,8 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             continue
     if not modules and not replacements:
         problems.append("the adapter file holds no LoRA tensors")
+    if tied:
+        _check_tied(base_config, base_by_name, modules, replacements, problems)
     if problems:
         problems = _group(problems, set(modules))
         raise Refused(
@@ -633,7 +696,10 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         )
 
     # ---- build the changes (replacement first, as load_state_dict runs before merge)
-    pdt_name = lambda bt: "F64" if bt.dtype == "F64" else "F32"  # noqa: E731 - adapter param dtype
+    def pdt_name(bt: TensorInfo) -> str:
+        """Dtype of PEFT's adapter parameters: the base dtype, upcast to fp32 unless it is fp64."""
+        return "F64" if bt.dtype == "F64" else "F32"
+
     steps: dict[str, list[Callable[..., Any]]] = {}
     for target, key in replacements.items():
         steps.setdefault(target, []).append(_replace_step(key))
