@@ -42,7 +42,10 @@ def table(rows: list[list[Any]], headers: list[str] | None = None) -> str:
 
 
 def _lora_line(lora: dict[str, Any]) -> str:
-    parts = [f"r={lora.get('r')}", f"alpha={lora.get('alpha')}"]
+    def known(value: Any) -> Any:
+        return "unknown" if value is None else value
+
+    parts = [f"r={known(lora.get('r'))}", f"alpha={known(lora.get('alpha'))}"]
     for flag in ("use_rslora", "use_dora", "fan_in_fan_out"):
         if lora.get(flag):
             parts.append(flag.removeprefix("use_"))
