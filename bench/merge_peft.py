@@ -15,7 +15,7 @@ every run (the machine is shared; caches are not dropped), so the numbers compar
 not cold-disk reads. Work files live in ``bench/_work/`` (gitignored) and are deleted at the end
 unless ``--keep``.
 
-Usage: ``python bench/merge_peft.py [--layers 14] [--rank 16] [--keep]``
+Usage: ``python bench/merge_peft.py [--layers 14] [--rank 16] [--repeat 3] [--keep]``
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -234,6 +235,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=14)
     ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="interleaved rounds; the median wall time is reported"
+    )
     ap.add_argument("--keep", action="store_true", help="keep bench/_work/merge_peft afterwards")
     args = ap.parse_args()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -261,13 +265,26 @@ def main() -> None:
             ),
         }
         print(f"ckpt-tool command: {' '.join(ours_cmd[:2])}... {ours_env or ''}")
-        results = {}
-        for label, (cmd, extra) in runs.items():
-            results[label] = run_measured(cmd, {**env, **extra})
-            print(
-                f"  {label:42s} {results[label][0]:7.2f} s   peak RssAnon {results[label][1] / 2**20:7.0f} MiB",
-                flush=True,
-            )
+        # Rounds interleave the contenders so that load from other processes on a shared machine hits
+        # them alike; outputs are removed before each run (ckpt-tool refuses to overwrite).
+        samples: dict[str, list[tuple[float, int]]] = {label: [] for label in runs}
+        outs = {"copy + fsync (I/O floor)": "out_copy", "ckpt-tool merge": "out_ours"}
+        outs["peft merge_and_unload + save_pretrained"] = "out_peft"
+        for rnd in range(args.repeat):
+            for label, (cmd, extra) in runs.items():
+                shutil.rmtree(WORK / outs[label], ignore_errors=True)
+                samples[label].append(run_measured(cmd, {**env, **extra}))
+                wall, peak = samples[label][-1]
+                print(
+                    f"  [{rnd + 1}] {label:42s} {wall:7.2f} s   peak RssAnon {peak / 2**20:7.0f} MiB",
+                    flush=True,
+                )
+        results = {
+            label: (statistics.median(w for w, _ in s), max(p for _, p in s)) for label, s in samples.items()
+        }
+        print(f"median of {args.repeat} run(s) (peak memory: max):")
+        for label, (wall, peak) in results.items():
+            print(f"  {label:46s} {wall:7.2f} s   peak RssAnon {peak / 2**20:7.0f} MiB")
         out = subprocess.run(
             [sys.executable, "-c", COMPARE_SCRIPT, str(WORK / "out_ours"), str(WORK / "out_peft")],
             capture_output=True,

@@ -48,15 +48,33 @@ def _payloads() -> dict[str, bytes]:
     }
     lora = {p + "attn.attn.lora_A": t(2 * R, N_EMBD), p + "attn.attn.lora_B": t(2 * N_EMBD, R)}
     adapter = {p + "attn.adapter_wte.weight": t(10, N_EMBD), p + "attn.gating_factor": t(1, 2, 1, 1)}
-    state = {"model": full, "optimizer": {"state": {0: {"exp_avg": t(VOCAB, N_EMBD)}}, "param_groups": [{"lr": 1e-3, "params": [0]}]}, "iter_num": 100, "step_count": 25}
+    state = {
+        "model": full,
+        "optimizer": {
+            "state": {0: {"exp_avg": t(VOCAB, N_EMBD)}},
+            "param_groups": [{"lr": 1e-3, "params": [0]}],
+        },
+        "iter_num": 100,
+        "step_count": 25,
+    }
 
     def ser(obj: object) -> bytes:
         buf = io.BytesIO()
         torch.save(obj, buf)
         return buf.getvalue()
 
-    cfg = {"org": "EleutherAI", "name": "pythia-tiny", "n_layer": 1, "n_head": 2, "n_embd": N_EMBD, "vocab_size": VOCAB,
-           "block_size": 64, "_norm_class": "LayerNorm", "_mlp_class": "GptNeoxMLP", "condense_ratio": 1}
+    cfg = {
+        "org": "EleutherAI",
+        "name": "pythia-tiny",
+        "n_layer": 1,
+        "n_head": 2,
+        "n_embd": N_EMBD,
+        "vocab_size": VOCAB,
+        "block_size": 64,
+        "_norm_class": "LayerNorm",
+        "_mlp_class": "GptNeoxMLP",
+        "condense_ratio": 1,
+    }
     return {
         "lora_bare": ser(lora),
         "lora": ser({"model": lora}),
@@ -74,7 +92,16 @@ def _put(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-ERAS = ("2023-05-lora", "2023-06-lora", "2023-07-adapter", "2023-09-full", "2024-01-full", "2024-03-04-lora", "2024-03-06-lora", "current")
+ERAS = (
+    "2023-05-lora",
+    "2023-06-lora",
+    "2023-07-adapter",
+    "2023-09-full",
+    "2024-01-full",
+    "2024-03-04-lora",
+    "2024-03-06-lora",
+    "current",
+)
 
 
 def build(root: Path, runs: int) -> dict[str, int]:
@@ -122,7 +149,12 @@ def build(root: Path, runs: int) -> dict[str, int]:
 
 def _cli(*args: str) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "ckpt_tool", "migrate", *args, "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ckpt_tool", "migrate", *args, "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"migrate {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -163,9 +195,15 @@ def main() -> None:
         ("second apply (no-op)", t_noop, None),
         ("undo", t_undo, None),
     ]
-    print(f"plan: {steps} steps ({moves} renames); applied {done}; mutations during apply: {applied['mutations']}")
+    print(
+        f"plan: {steps} steps ({moves} renames); applied {done}; mutations during apply: {applied['mutations']}"
+    )
     for name, secs, target in rows:
-        verdict = "" if target is None else ("  OK (target < %.0f s)" % target if secs < target else "  SLOW (target < %.0f s)" % target)
+        verdict = (
+            ""
+            if target is None
+            else (f"  OK (target < {target:.0f} s)" if secs < target else f"  SLOW (target < {target:.0f} s)")
+        )
         print(f"  {name:<24} {secs:7.2f} s{verdict}")
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)

@@ -40,9 +40,16 @@ OLD_CONFIG = {  # a mid-2023 lit_config.json (asdict of lit_gpt.Config)
     "condense_ratio": 1,
 }
 
-CURRENT_CONFIG = {k: v for k, v in OLD_CONFIG.items() if k not in ("org", "_norm_class", "_mlp_class", "condense_ratio")}
+CURRENT_CONFIG = {
+    k: v for k, v in OLD_CONFIG.items() if k not in ("org", "_norm_class", "_mlp_class", "condense_ratio")
+}
 CURRENT_CONFIG.update(
-    {"hf_config": {"org": "EleutherAI", "name": "pythia-tiny"}, "norm_class_name": "LayerNorm", "mlp_class_name": "GptNeoxMLP", "rope_condense_ratio": 1}
+    {
+        "hf_config": {"org": "EleutherAI", "name": "pythia-tiny"},
+        "norm_class_name": "LayerNorm",
+        "mlp_class_name": "GptNeoxMLP",
+        "rope_condense_ratio": 1,
+    }
 )
 
 
@@ -84,7 +91,10 @@ def lora_sd(attn: str = "attn", seed: int = 0, r: int = R) -> dict[str, torch.Te
 
 def adapter_sd(seed: int = 0) -> dict[str, torch.Tensor]:
     p = "transformer.h.0.attn."
-    return {p + "adapter_wte.weight": _t(10, N_EMBD, seed=seed + 30), p + "gating_factor": _t(1, N_HEAD, 1, 1, seed=seed + 31)}
+    return {
+        p + "adapter_wte.weight": _t(10, N_EMBD, seed=seed + 30),
+        p + "gating_factor": _t(1, N_HEAD, 1, 1, seed=seed + 31),
+    }
 
 
 def adapter_v2_sd(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -106,7 +116,10 @@ def adapter_v2_sd(seed: int = 0) -> dict[str, torch.Tensor]:
 def lit_llama_sd(lora: bool = True) -> dict[str, torch.Tensor]:
     p = "transformer.h.0."
     if lora:
-        return {p + "attn.c_attn.lora_A": _t(2 * R, N_EMBD, seed=50), p + "attn.c_attn.lora_B": _t(2 * N_EMBD, R, seed=51)}
+        return {
+            p + "attn.c_attn.lora_A": _t(2 * R, N_EMBD, seed=50),
+            p + "attn.c_attn.lora_B": _t(2 * N_EMBD, R, seed=51),
+        }
     return {
         "transformer.wte.weight": _t(VOCAB, N_EMBD, seed=52),
         p + "rms_1.scale": _t(N_EMBD, seed=53),
@@ -121,7 +134,10 @@ def training_state(model: dict[str, torch.Tensor], it: int) -> dict:
     first = next(iter(model.values()))
     return {
         "model": model,
-        "optimizer": {"state": {0: {"step": torch.tensor(float(it)), "exp_avg": torch.zeros_like(first)}}, "param_groups": [{"lr": 3e-3, "params": [0]}]},
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(float(it)), "exp_avg": torch.zeros_like(first)}},
+            "param_groups": [{"lr": 3e-3, "params": [0]}],
+        },
         "iter_num": it,
         "step_count": it // 4,
     }
@@ -140,7 +156,9 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def tokenizer_files(d: Path) -> None:
-    write_text(d / "tokenizer.json", json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}}))
+    write_text(
+        d / "tokenizer.json", json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0}}})
+    )
     write_text(d / "tokenizer_config.json", json.dumps({"model_max_length": 64}))
 
 
@@ -208,7 +226,13 @@ def run_2024_03_04_lora(d: Path) -> None:
 
 def run_2024_03_06_lora(d: Path) -> None:
     """March 6 2024: + hyperparameters.yaml and prompt_style.yaml; step-N/ folders."""
-    hp = {"checkpoint_dir": "checkpoints/EleutherAI/pythia-tiny", "lora_r": R, "lora_alpha": 32, "lora_query": True, "lora_value": True}
+    hp = {
+        "checkpoint_dir": "checkpoints/EleutherAI/pythia-tiny",
+        "lora_r": R,
+        "lora_alpha": 32,
+        "lora_query": True,
+        "lora_value": True,
+    }
     for folder, seed in (("final", 15), ("step-000050", 16)):
         save(d / folder / "lit_model.pth", {"model": lora_sd(seed=seed)})
         lit_config(d / folder)

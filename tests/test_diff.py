@@ -76,3 +76,16 @@ def test_missing_path(tmp_path, cli):
     save_file({"a": torch.ones(1)}, tmp_path / "x.safetensors")
     res = cli("diff", tmp_path / "x.safetensors", tmp_path / "nope.safetensors")
     assert res.code == 3 and res.stderr.startswith("error:")
+
+
+def test_strided_torch_tensor_against_contiguous_copy(tmp_path, cli):
+    """A view saved by torch.save (non-contiguous on disk) equals its contiguous copy; one flipped sign does not."""
+    x = torch.randn(4, 6)
+    torch.save({"t": x.t()}, tmp_path / "x.pth")
+    save_file({"t": x.t().contiguous()}, tmp_path / "y.safetensors")
+    assert cli("diff", tmp_path / "x.pth", tmp_path / "y.safetensors").code == 0
+    y = x.t().contiguous()
+    y[0, 0] = -y[0, 0]
+    save_file({"t": y}, tmp_path / "z.safetensors")
+    res = cli("diff", tmp_path / "x.pth", tmp_path / "z.safetensors", "--json")
+    assert res.code == 8 and json.loads(res.stdout)["tensors"][0]["status"] == "differ"

@@ -269,3 +269,60 @@ def test_blocked_delta_still_bit_exact(tmp_path, cli, monkeypatch, dtype):
     assert_bit_equal(_ours(cli, final, tmp_path / "m"), want)
     res = cli("diff", tmp_path / "m" / "lit_model.pth", tmp_path / "ref_final" / "lit_model.pth")
     assert res.code == 0 and "bit-equal" in res.stdout, res.stdout + res.stderr
+
+
+def test_plan_refuses_unknown_qkv_targets_and_alpha(tmp_path):
+    """Old checkpoints without hyperparameters: ambiguous q/k/v coverage or unknown alpha are refused, not guessed."""
+    from ckpt_tool.errors import Refused
+    from ckpt_tool.model import CheckpointInfo, TensorInfo
+    from ckpt_tool.ops.merge_plan import MergeOptions
+    from ckpt_tool_lit.merge import plan_merge
+
+    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
+    m = "transformer.h.0.attn.qkv"
+    tensors = [t(f"{m}.lora_A", (4, 32)), t(f"{m}.lora_B", (64, 2))]
+    cfg = {"n_head": 4, "n_query_groups": 4, "n_embd": 32}
+    base = CheckpointInfo("b", "lit", "model", tensors=[t(f"{m}.weight", (96, 32))])
+    lora = {"r": 2, "alpha": 4, "query": None, "key": None, "value": None}
+    adapter = CheckpointInfo("a", "lit", "adapter", "lora", tensors=tensors, lora=lora,
+                             details={"dir": str(tmp_path), "model_config": cfg})
+    with pytest.raises(Refused, match="cannot tell which of query/key/value"):
+        plan_merge(adapter, base, MergeOptions())
+    adapter.lora = {**lora, "query": True, "value": True, "alpha": None}
+    with pytest.raises(Refused, match="alpha is unknown"):
+        plan_merge(adapter, base, MergeOptions())
+    adapter.lora = {**lora, "query": True, "key": False, "value": True}
+    plan = plan_merge(adapter, base, MergeOptions())
+    assert set(plan.changes) == {f"{m}.weight"} and plan.summary["lora"]["scaling"] == 2.0
+
+
+@pytest.mark.interop
+def test_moe_bit_exact(tmp_path, cli):
+    """LLaMAMoE: LoRA on the router gate and on every expert's fc_1/fc_2/proj (lora_mlp)."""
+    base, final = make_run(tmp_path, ALL, mlp="LLaMAMoE", n_expert=2, n_expert_per_token=1, moe_intermediate_size=24,
+                           norm_class_name="RMSNorm", bias=False, parallel_residual=False)
+    want = litgpt_merge(final, base, tmp_path)
+    assert any(".mlp.experts.1.fc_2.weight" in k for k in want) and any(k.endswith(".mlp.gate.weight") for k in want)
+    assert_bit_equal(_ours(cli, final, tmp_path / "m"), want)
+
+
+@pytest.mark.interop
+def test_resharding_with_force_removes_stale_weights(tmp_path, cli):
+    from safetensors.torch import load_file
+
+    base, final = make_run(tmp_path, ALL)
+    out = tmp_path / "st"
+    assert cli("merge", final, "--out", out, "--format", "safetensors", "--quiet").code == 0
+    assert (out / "model.safetensors").is_file()
+    res = cli("merge", final, "--out", out, "--format", "safetensors", "--max-shard-size", "20KB")
+    assert res.code == 6 and "model.safetensors" in res.stderr  # the old single file would shadow the shards
+    res = cli("merge", final, "--out", out, "--format", "safetensors", "--max-shard-size", "20KB", "--force", "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["removed"] == [str(out / "model.safetensors")]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and sorted(p.name for p in out.glob("model*.safetensors")) == shards
+    merged = {}
+    for f in shards:
+        merged.update(load_file(out / f))
+    assert_bit_equal(merged, litgpt_merge(final, base, tmp_path))

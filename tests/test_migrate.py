@@ -9,10 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import migrate_helpers as h
 import pytest
 import yaml
 
-import migrate_helpers as h
 from ckpt_tool.errors import EXIT_CONFLICT
 from ckpt_tool.ops import migrate as ops
 from ckpt_tool.ops.journal import JOURNAL_NAME, Journal, migrate_lock
@@ -59,7 +59,7 @@ def test_plan_changes_nothing_and_explains(tree: Path, cli) -> None:
     out = res.stdout
     for src, dst in EXPECTED_MOVES.items():
         run = src.split("/")[0]
-        assert f"{src[len(run) + 1:]} \u2192 {dst[len(run) + 1:]}" in out, src
+        assert f"{src[len(run) + 1 :]} \u2192 {dst[len(run) + 1 :]}" in out, src
     # assumed LoRA alpha is said out loud, unrecognised and foreign files are listed
     assert "ASSUMED lora_alpha=16" in out
     assert "lit-llama" in out and "not moved" in out
@@ -78,7 +78,11 @@ def test_plan_json(tree: Path, cli) -> None:
     for src, dst in EXPECTED_MOVES.items():
         assert moves[src] == dst
     left = {item["path"] for item in data["left"]}
-    assert {"lit-llama-2023/lit-llama.pth", "lit-llama-2023/iter-000050-ckpt.pth", "2023-06-dolly-lora/notes.txt"} <= left
+    assert {
+        "lit-llama-2023/lit-llama.pth",
+        "lit-llama-2023/iter-000050-ckpt.pth",
+        "2023-06-dolly-lora/notes.txt",
+    } <= left
 
 
 def test_apply_moves_weights_byte_for_byte(tree: Path, cli) -> None:
@@ -97,7 +101,10 @@ def test_apply_moves_weights_byte_for_byte(tree: Path, cli) -> None:
     assert os.stat(a).st_ino == os.stat(b).st_ino and os.stat(a).st_nlink == 2
     # untouched: today's layout, the base, lit-llama, unrelated files, the symlink
     for rel, digest in before.items():
-        if rel.startswith(UNTOUCHED_PREFIXES) or rel in ("2023-06-dolly-lora/base_model", "2023-06-dolly-lora/notes.txt"):
+        if rel.startswith(UNTOUCHED_PREFIXES) or rel in (
+            "2023-06-dolly-lora/base_model",
+            "2023-06-dolly-lora/notes.txt",
+        ):
             assert after.get(rel) == digest, rel
     assert os.readlink(tree / "2023-06-dolly-lora/base_model") == str(tree.parent / "outside")
     assert (tree.parent / "outside" / "weights.pth").read_bytes() == b"not part of the tree"
@@ -115,9 +122,17 @@ def test_apply_moves_weights_byte_for_byte(tree: Path, cli) -> None:
         assert sha(tree / folder / "tokenizer.json") == sha(tree / Path(folder).parent / "tokenizer.json")
     # the March 2024 folder form keeps its own companions (moved, not copied)
     step = tree / "2024-03-04-lora/step-000100"
-    assert {p.name for p in step.iterdir()} >= {"lit_model.pth.lora", "lit_config.json", "tokenizer.json", "model_config.yaml"}
+    assert {p.name for p in step.iterdir()} >= {
+        "lit_model.pth.lora",
+        "lit_config.json",
+        "tokenizer.json",
+        "model_config.yaml",
+    }
     # a run that had hyperparameters.yaml keeps it verbatim
-    assert after["2024-03-06-lora/final/hyperparameters.yaml"] == before["2024-03-06-lora/final/hyperparameters.yaml"]
+    assert (
+        after["2024-03-06-lora/final/hyperparameters.yaml"]
+        == before["2024-03-06-lora/final/hyperparameters.yaml"]
+    )
 
 
 def test_converted_configs_load_in_litgpt(tree: Path, cli) -> None:
@@ -131,7 +146,10 @@ def test_converted_configs_load_in_litgpt(tree: Path, cli) -> None:
     sw = Config.from_file(tree / "2023-09-full/final/model_config.yaml")
     assert sw.sliding_window_indices == [1] and sw.sliding_window_size == 16
     raw = yaml.safe_load((tree / "2023-09-full/final/model_config.yaml").read_text())
-    assert not {"_norm_class", "_mlp_class", "condense_ratio", "org", "sliding_window_layer_placing"} & raw.keys()
+    assert (
+        not {"_norm_class", "_mlp_class", "condense_ratio", "org", "sliding_window_layer_placing"}
+        & raw.keys()
+    )
     # the config-only fix-up of a March 10 2024 run (today's weights name, lit_config.json)
     Config.from_file(tree / "2024-03-10-lora/final/model_config.yaml")
 
@@ -139,7 +157,9 @@ def test_converted_configs_load_in_litgpt(tree: Path, cli) -> None:
 def test_interleaved_sliding_window_mapping() -> None:
     from ckpt_tool_lit.migrate import convert_config
 
-    new, changes = convert_config({**h.OLD_CONFIG, "n_layer": 5, "sliding_window_layer_placing": "interleaved"})
+    new, _changes = convert_config(
+        {**h.OLD_CONFIG, "n_layer": 5, "sliding_window_layer_placing": "interleaved"}
+    )
     assert new["sliding_window_indices"] == [1, 0, 1, 0, 1]
     new, _ = convert_config({**h.OLD_CONFIG, "n_layer": 3, "sliding_window_layer_placing": "all"})
     assert new["sliding_window_indices"] == [1, 1, 1]
@@ -157,7 +177,9 @@ def test_hyperparameters_written_for_lora_runs_without_one(tree: Path, cli) -> N
     # adapters and full fine-tunes get none; runs that had one keep theirs
     assert not (tree / "2023-07-adapter/final/hyperparameters.yaml").exists()
     assert not (tree / "2023-09-full/final/hyperparameters.yaml").exists()
-    assert yaml.safe_load((tree / "2024-03-06-lora/final/hyperparameters.yaml").read_text())["lora_alpha"] == 32
+    assert (
+        yaml.safe_load((tree / "2024-03-06-lora/final/hyperparameters.yaml").read_text())["lora_alpha"] == 32
+    )
 
 
 def test_lora_rank_comes_from_shapes(tmp_path: Path, cli) -> None:
@@ -166,7 +188,11 @@ def test_lora_rank_comes_from_shapes(tmp_path: Path, cli) -> None:
     h.lit_config(run)
     res = cli("migrate", tmp_path / "root", "--json")
     assert res.code == 0
-    reasons = [a["reason"] for a in json.loads(res.stdout)["actions"] if (a["to"] or "").endswith("hyperparameters.yaml")]
+    reasons = [
+        a["reason"]
+        for a in json.loads(res.stdout)["actions"]
+        if (a["to"] or "").endswith("hyperparameters.yaml")
+    ]
     assert reasons and "lora_r=2 from the shapes" in reasons[0] and "ASSUMED lora_alpha=16" in reasons[0]
 
 
@@ -264,7 +290,9 @@ def test_conflict_two_sources_one_destination(tmp_path: Path, cli) -> None:
     res = cli("migrate", root, "--apply", "--json")
     assert res.code == EXIT_CONFLICT
     conflicts = json.loads(res.stdout)["conflicts"]
-    assert any("2 sources for one destination" in c and "run/step-000100/lit_model.pth.lora" in c for c in conflicts)
+    assert any(
+        "2 sources for one destination" in c and "run/step-000100/lit_model.pth.lora" in c for c in conflicts
+    )
     assert h.snapshot(root) == before
 
 
@@ -348,5 +376,105 @@ def test_plan_path_does_not_import_torch(tree: Path) -> None:
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tree)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tree)], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------- --upgrade-attn (opt-in)
+
+
+def test_upgrade_attn_matches_litgpt_and_keeps_originals(tree: Path, cli) -> None:
+    import torch
+    from litgpt.config import Config
+    from litgpt.model import GPT
+
+    before = h.snapshot(tree)
+    res = cli("migrate", tree, "--apply", "--upgrade-attn", "--json")
+    assert res.code == 0, res.stderr
+    after = h.snapshot(tree)
+    # originals are untouched, under their old names
+    for rel in (
+        "2023-09-full/lit_model_finetuned.pth",
+        "2023-09-full/iter-000100-ckpt.pth",
+        "2023-08-adapter-v2/lit_model_adapter_finetuned.pth",
+    ):
+        assert after[rel] == before[rel]
+    # LoRA (era-dependent, §2.4) and optimizer states are moved as they are, not converted
+    assert (
+        after["2023-06-dolly-lora/final/lit_model.pth.lora"]
+        == before["2023-06-dolly-lora/lit_model_lora_finetuned.pth"]
+    )
+    assert after["2024-01-full/step-000100/lit_model.pth"] == before["2024-01-full/step-000100.pth"]
+
+    legacy = torch.load(tree / "2023-09-full/lit_model_finetuned.pth", weights_only=True)["model"]
+    converted = torch.load(tree / "2023-09-full/final/lit_model.pth", weights_only=True)
+    assert set(converted) == {"model"}
+    config = Config.from_file(tree / "2023-09-full/final/model_config.yaml")
+    model = GPT(config)
+    model.load_state_dict(legacy)  # LitGPT's own legacy loader regroups attn.attn
+    reference = model.state_dict()
+    assert list(converted["model"]) == [k.replace(".attn.attn.", ".attn.qkv.") for k in legacy]
+    assert set(converted["model"]) == set(reference)
+    for key, value in reference.items():
+        assert torch.equal(converted["model"][key], value), key
+    assert not torch.equal(
+        converted["model"]["transformer.h.0.attn.qkv.weight"], legacy["transformer.h.0.attn.attn.weight"]
+    )
+
+    v2 = torch.load(tree / "2023-08-adapter-v2/final/lit_model.pth.adapter_v2", weights_only=True)["model"]
+    v2_legacy = torch.load(tree / "2023-08-adapter-v2/lit_model_adapter_finetuned.pth", weights_only=True)[
+        "model"
+    ]
+    assert "transformer.h.0.attn.qkv.adapter_bias" in v2 and not any(".attn.attn." in k for k in v2)
+    bias = v2_legacy["transformer.h.0.attn.attn.adapter_bias"]
+    assert torch.equal(
+        v2["transformer.h.0.attn.qkv.adapter_bias"],
+        torch.cat([bias[0:4], bias[12:16], bias[4:8], bias[16:20], bias[8:12], bias[20:24]]),
+    )
+    record = json.loads((tree / "2023-09-full/final/migration.json").read_text())
+    assert record["files"]["lit_model.pth"]["converted_from"] == "lit_model_finetuned.pth"
+
+    # rerunning (with or without the flag) is a no-op that names the kept originals; undo restores everything
+    for extra in (["--upgrade-attn"], []):
+        again = cli("migrate", tree, "--apply", "--json", *extra)
+        assert again.code == 0 and json.loads(again.stdout)["actions"] == []
+        assert any("original kept" in i["reason"] for i in json.loads(again.stdout)["left"])
+        assert h.snapshot(tree) == after
+    assert cli("migrate", tree, "--undo").code == 0
+    assert h.snapshot(tree) == before
+
+
+def test_upgrade_attn_plan_does_not_import_torch(tree: Path) -> None:
+    code = (
+        "import sys\n"
+        "from ckpt_tool.cli import main\n"
+        "try:\n    main(['migrate', sys.argv[1], '--jobs', '1', '--upgrade-attn'])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tree)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "derive" in proc.stdout
+
+
+def test_plan_after_an_interrupted_apply_shows_what_is_left(tree: Path, cli) -> None:
+    plan = ops.plan(tree)
+    journal = Journal(tree)
+    session = journal.start(plan.steps)
+    first = next(s for s in session.steps if s["op"] == ops.MKDIR)
+    os.mkdir(tree / first["dst"])  # the interrupted run got this far
+    res = cli("migrate", tree, "--json")
+    assert res.code == 0
+    data = json.loads(res.stdout)
+    assert data["resuming"] is True
+    states = [a["status"] for a in data["actions"]]
+    assert states.count("done") == 1 and states.count("pending") == len(states) - 1
+    assert "interrupted" in res.stderr
+    res = cli("migrate", tree, "--apply")
+    assert res.code == 0 and "resumed an interrupted migration" in res.stderr
+    assert (tree / "2023-06-dolly-lora/final/lit_model.pth.lora").is_file()
+    assert cli("migrate", tree, "--undo").code == 0

@@ -13,10 +13,10 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import migrate_helpers as h
 import pytest
 from cli_helpers import run_subprocess
 
-import migrate_helpers as h
 from ckpt_tool.ops import migrate as ops
 from ckpt_tool.ops.journal import ENV_CRASH, JOURNAL_NAME, Journal
 
@@ -71,7 +71,7 @@ def test_kill_at_every_step_of_apply_converges(tmp_path: Path) -> None:
         assert code == 0, (n, err)
         assert h.snapshot(root) == expected, n
         assert Journal(root).pending is None
-        code, out, _ = _apply(root)  # and a further --apply is a no-op
+        code, _, _ = _apply(root)  # and a further --apply is a no-op
         assert code == 0 and h.snapshot(root) == expected
 
     with ThreadPoolExecutor(2) as pool:
@@ -114,3 +114,32 @@ def test_torn_journal_record_is_ignored(tmp_path: Path) -> None:
     expected = small_tree(tmp_path / "ref")
     ops.apply(expected)
     assert h.snapshot(root) == h.snapshot(expected)
+
+
+def test_kill_at_every_step_of_an_upgrade_attn_apply(tmp_path: Path) -> None:
+    """The opt-in conversion writes a new file: a kill before, during or after publishing it converges too."""
+
+    def tree(root: Path) -> Path:
+        run = root / "2023-09"
+        h.save(run / "lit_model_finetuned.pth", {"model": h.full_sd(seed=9)})
+        h.lit_config(run)
+        return root
+
+    clean = tree(tmp_path / "clean")
+    original = h.snapshot(clean)
+    res = run_subprocess("migrate", clean, "--apply", "--json", "--upgrade-attn", env={ENV_CRASH: ""})
+    assert res.code == 0, res.stderr
+    total = json.loads(res.stdout)["mutations"]
+    expected = h.snapshot(clean)
+    assert expected["2023-09/lit_model_finetuned.pth"] == original["2023-09/lit_model_finetuned.pth"]
+
+    def one(n: int) -> None:
+        root = tree(tmp_path / f"crash-{n}")
+        res = run_subprocess("migrate", root, "--apply", "--upgrade-attn", env={ENV_CRASH: str(n)})
+        assert res.code == -signal.SIGKILL, (n, res.code, res.stderr)
+        res = run_subprocess("migrate", root, "--apply", "--upgrade-attn", env={ENV_CRASH: ""})
+        assert res.code == 0, (n, res.stderr)
+        assert h.snapshot(root) == expected, n
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, range(1, total + 1)))

@@ -12,24 +12,24 @@ from ckpt_tool import render
 
 def _human(summary: dict) -> str:
     t = summary.get("tensors", {})
-    verb = "would write" if summary.get("dry_run") else "wrote"
-    lines = [
-        f"merged {summary.get('adapter_type') or 'adapter'} {summary['adapter']} into {summary['base']}",
-    ]
-    if "modules_merged" in summary:
-        lines.append(f"  {summary['modules_merged']} modules changed, {t.get('written', 0)} tensors {verb}"
-                     f" ({render.human_bytes(t.get('bytes', 0))})")
+    dry = summary.get("dry_run")
+    what = f"{summary.get('adapter_type') or ''} adapter".strip()
+    head = "would merge" if dry else "merged"
+    lines = [f"{head} {what} {summary['adapter']} into {summary['base']}" + (" (dry run: nothing written)" if dry else "")]
+    changed = summary.get("modules_merged", t.get("changed", 0))
+    size = render.human_bytes(t.get("bytes", 0))
+    if dry:
+        lines.append(f"  {changed} modules to change; {t.get('written', 0)} tensors, {size}")
     else:
-        lines.append(f"  {t.get('changed', 0)} tensors changed, {t.get('written', 0)} tensors {verb}"
-                     f" ({render.human_bytes(t.get('bytes', 0))})")
-    if not summary.get("dry_run"):
-        lines.append(f"  {t.get('copied', 0)} copied unchanged, {t.get('converted', 0)} converted, "
-                     f"{t.get('dropped', 0)} dropped; {summary.get('seconds', 0):.2f} s")
+        lines.append(
+            f"  {changed} modules changed; {t.get('written', 0)} tensors written ({t.get('copied', 0)} copied "
+            f"unchanged, {t.get('converted', 0)} converted), {size}, {summary.get('seconds', 0):.2f} s"
+        )
     dtypes = ", ".join(f"{k}: {v}" for k, v in summary.get("dtype", {}).items())
     if dtypes:
         lines.append(f"  output dtypes: {dtypes}")
-    lines.append(f"{verb}:")
-    lines.extend(f"  {p}" for p in summary.get("outputs", []))
+    verb = "would write" if dry else "wrote"
+    lines.extend(f"  {verb} {p}" for p in summary.get("outputs", []))
     return "\n".join(lines)
 
 

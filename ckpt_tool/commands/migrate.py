@@ -23,7 +23,9 @@ def _short(path: str | None, run: str) -> str:
     return path
 
 
-def _rows(steps: list[dict[str, Any]], left: list[dict[str, str]], status: dict[int, str] | None = None) -> list[list[str]]:
+def _rows(
+    steps: list[dict[str, Any]], left: list[dict[str, str]], status: dict[int, str] | None = None
+) -> list[list[str]]:
     rows = []
     for s in steps:
         if s["op"] == ops.MKDIR:
@@ -53,7 +55,13 @@ def _counts(steps: list[dict[str, Any]]) -> dict[str, int]:
 def _json_steps(steps: list[dict[str, Any]], status: dict[int, str] | None = None) -> list[dict[str, Any]]:
     out = []
     for s in steps:
-        item = {"run": s.get("run"), "action": s["op"], "from": s.get("src"), "to": s.get("dst"), "reason": s.get("reason", "")}
+        item = {
+            "run": s.get("run"),
+            "action": s["op"],
+            "from": s.get("src"),
+            "to": s.get("dst"),
+            "reason": s.get("reason", ""),
+        }
         if status is not None:
             item["status"] = status.get(s["i"], "")
         out.append(item)
@@ -63,11 +71,28 @@ def _json_steps(steps: list[dict[str, Any]], status: dict[int, str] | None = Non
 def register(app: typer.Typer) -> None:
     @app.command("migrate", no_args_is_help=True)
     def migrate_cmd(
-        root: Annotated[Path, typer.Argument(help="Directory holding the runs to migrate (searched recursively).")],
-        apply_: Annotated[bool, typer.Option("--apply", help="Execute the plan (default: only print it).")] = False,
-        undo: Annotated[bool, typer.Option("--undo", help="Restore the tree as it was before migrating (uses the journal).")] = False,
-        jobs: Annotated[int, typer.Option("--jobs", "-j", min=0, help="Processes for planning (0 = one per CPU).")] = 0,
+        root: Annotated[
+            Path, typer.Argument(help="Directory holding the runs to migrate (searched recursively).")
+        ],
+        apply_: Annotated[
+            bool, typer.Option("--apply", help="Execute the plan (default: only print it).")
+        ] = False,
+        undo: Annotated[
+            bool,
+            typer.Option("--undo", help="Restore the tree as it was before migrating (uses the journal)."),
+        ] = False,
+        jobs: Annotated[
+            int, typer.Option("--jobs", "-j", min=0, help="Processes for planning (0 = one per CPU).")
+        ] = 0,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+        upgrade_attn: Annotated[
+            bool,
+            typer.Option(
+                "--upgrade-attn",
+                help="Also rewrite the legacy fused attention (attn.attn -> attn.qkv, before LitGPT 0.5.5) of full and "
+                "adapter-v2 weights into new files; the originals are kept unchanged.",
+            ),
+        ] = False,
     ) -> None:
         """Move legacy LitGPT run directories (2023 – March 2024 names, lit_config.json) into today's layout.
 
@@ -77,15 +102,16 @@ def register(app: typer.Typer) -> None:
         if apply_ and undo:
             raise typer.BadParameter("--apply and --undo cannot be combined")
         n_jobs = jobs or (os.cpu_count() or 1)
+        options = ops.MigrateOptions(upgrade_attn=upgrade_attn)
         try:
             if undo:
                 outcome = ops.undo(root)
                 _render_outcome(outcome, json_out, mode="undo")
             elif apply_:
-                outcome = ops.apply(root, jobs=n_jobs)
+                outcome = ops.apply(root, jobs=n_jobs, options=options)
                 _render_outcome(outcome, json_out, mode="apply")
             else:
-                plan = ops.plan(root, jobs=n_jobs)
+                plan = ops.plan(root, jobs=n_jobs, options=options)
                 _render_plan(plan, json_out)
         except ops.MigrateConflict as exc:
             if json_out:
@@ -122,7 +148,9 @@ def _render_plan(plan: ops.Plan, json_out: bool) -> None:
             typer.echo(render.table(rows, headers))
     if plan.resuming:
         done = sum(1 for v in (status or {}).values() if v == "done")
-        render.message(f"an earlier --apply was interrupted ({done} of {len(plan.steps)} steps done); --apply finishes it")
+        render.message(
+            f"an earlier --apply was interrupted ({done} of {len(plan.steps)} steps done); --apply finishes it"
+        )
     if plan.conflicts:
         render.message(f"{len(plan.conflicts)} conflict(s); --apply would refuse to start:")
         for c in plan.conflicts:
@@ -131,7 +159,9 @@ def _render_plan(plan: ops.Plan, json_out: bool) -> None:
         render.message("nothing to do: the tree is already in today's layout")
     elif not plan.resuming:
         moves = sum(1 for s in plan.steps if s["op"] == ops.MOVE)
-        render.message(f"plan: {len(plan.steps)} steps ({moves} renames); nothing changed — run with --apply to execute")
+        render.message(
+            f"plan: {len(plan.steps)} steps ({moves} renames); nothing changed — run with --apply to execute"
+        )
     if plan.conflicts:
         raise ops.MigrateConflict(plan.conflicts, plan)
 

@@ -65,9 +65,46 @@ class WriteError(RuntimeError):
     """The engine fed a writer something other than what it announced (a bug, not user input)."""
 
 
-def _copy_range(src_fd: int, src_offset: int, dst: IO[bytes], nbytes: int, fallback: memoryview | None) -> None:
+class RawFile:
+    """Positioned writes (``os.pwrite``) on the descriptor of an open binary file.
+
+    Python's ``BufferedWriter`` was measured 3-4x slower than plain ``write(2)``
+    for the 10-500 MB buffers a merge writes (1.3-1.6 s vs 0.4 s for 1.7 GB),
+    so the writers bypass it: everything buffered is flushed first, then all
+    output goes through the descriptor at an explicitly tracked position.
+    """
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        fh.flush()
+        self.fd = fh.fileno()
+        self.pos = fh.tell()
+
+    def write(self, data: memoryview | bytes) -> int:
+        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+        done = 0
+        while done < len(view):
+            n = os.pwrite(self.fd, view[done:], self.pos + done)
+            if n <= 0:
+                raise OSError("short write")
+            done += n
+        self.pos += done
+        return done
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int) -> None:
+        self.pos = pos
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.fd
+
+
+def _copy_range(src_fd: int, src_offset: int, dst: RawFile, nbytes: int, fallback: memoryview | None) -> None:
     """Append ``nbytes`` of ``src_fd`` at ``src_offset`` to ``dst`` without going through Python buffers."""
-    dst.flush()
     pos = dst.tell()
     done = 0
     fd = dst.fileno()
@@ -142,9 +179,9 @@ class _Writer:
 class SafetensorsWriter(_Writer):
     """Header-first safetensors writer over an open binary file."""
 
-    def __init__(self, fh: IO[bytes], specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, fh: IO[bytes] | RawFile, specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> None:
         super().__init__(specs)
-        self.fh = fh
+        self.fh = fh = fh if isinstance(fh, RawFile) else RawFile(fh)
         header: dict[str, Any] = {}
         if metadata is not None:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
@@ -189,8 +226,8 @@ class _Entry:
 class _ZipStream:
     """A minimal stored-only zip writer with aligned data, CRC patching and zip64."""
 
-    def __init__(self, fh: IO[bytes], force_zip64: bool = False) -> None:
-        self.fh = fh
+    def __init__(self, fh: IO[bytes] | RawFile, force_zip64: bool = False) -> None:
+        self.fh = fh if isinstance(fh, RawFile) else RawFile(fh)
         self.entries: list[_Entry] = []
         self.force_zip64 = force_zip64
         self._open: _Entry | None = None

@@ -10,8 +10,9 @@ disk: the markers are an audit trail, the plan is the contract.
 Records::
 
     {"type": "plan", "session": 1, "steps": [...], "time": ...}   # before the first change
-    {"type": "done", "session": 1, "group": 3}                     # a checkpoint folder is finished
+    {"type": "done", "session": 1, "groups": [0, 1, 2]}            # checkpoint folders finished
     {"type": "skip", "session": 1, "step": 7, "reason": "..."}     # a source changed since the plan
+    {"type": "derived", "session": 1, "step": 9, "sha256": "..."}  # a converted file, before it is published
     {"type": "complete", "session": 1}
     {"type": "undo"}                                               # an undo started (file deleted at its end)
 
@@ -81,7 +82,9 @@ def migrate_lock(root: Path) -> Iterator[None]:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise Conflict(f"cannot create the lock file {path} ({exc.strerror})", "check ROOT is writable") from None
+            raise Conflict(
+                f"cannot create the lock file {path} ({exc.strerror})", "check ROOT is writable"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -153,7 +156,8 @@ class Journal:
                     # a record torn by a crash mid-append: drop it (it announced nothing done)
                     break
                 raise InvalidFile(
-                    f"{self.path}: line {i + 1} is not a journal record", "the journal is damaged; inspect it by hand"
+                    f"{self.path}: line {i + 1} is not a journal record",
+                    "the journal is damaged; inspect it by hand",
                 ) from None
             self._apply_record(rec)
             good += len(line) + (0 if last else 1)
@@ -172,11 +176,18 @@ class Journal:
         elif self.sessions:
             session = self.sessions[-1]
             if kind == "done":
-                session.done_groups.add(int(rec["group"]))
+                session.done_groups.update(
+                    int(g) for g in rec.get("groups", [rec.get("group")]) if g is not None
+                )
             elif kind == "skip":
                 session.skipped[int(rec["step"])] = str(rec.get("reason", ""))
             elif kind == "complete":
                 session.complete = True
+            elif kind == "derived":
+                # the sha256 of a converted file, journaled before it is published
+                step = int(rec["step"])
+                if 0 <= step < len(session.steps):
+                    session.steps[step]["derived_sha256"] = str(rec["sha256"])
 
     @property
     def pending(self) -> Session | None:

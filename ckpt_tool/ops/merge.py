@@ -15,10 +15,14 @@ times the largest *changed* tensor, whatever the model size.
 
 from __future__ import annotations
 
+import collections
+import functools
 import os
 import shutil
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +32,7 @@ from ckpt_tool.io.atomic import atomic_write
 from ckpt_tool.io.container import Probe
 from ckpt_tool.io.tensors import DTYPE_ALIASES, TensorReader, dtype_name, torch_dtype
 from ckpt_tool.io.writers import (
+    SAFETENSORS_INDEX,
     TensorSpec,
     open_sharded_safetensors,
     open_torch,
@@ -42,6 +47,8 @@ if TYPE_CHECKING:
 
 LIT_WEIGHTS = "lit_model.pth"
 DEFAULT_SHARD = "5GB"
+#: Computed tensors waiting for the writer thread, at most (bytes); at least one tensor always fits.
+WRITE_BEHIND_BYTES = 256 * 2**20
 FORMATS = ("lit", "safetensors")
 
 
@@ -121,6 +128,74 @@ class _Progress:
             self.bar.stop()
 
 
+class _WriteBehind:
+    """Performs the writes, in order, on one background thread while the next tensor is computed.
+
+    Writing (page-cache copies, CRC-32) and computing (matmuls, casts) then
+    overlap; torch and zlib release the GIL for both. Bytes of computed
+    tensors waiting to be written are bounded by ``limit``, so memory stays at
+    about two tensors, not a queue of them. An error on the writer thread is
+    re-raised in the caller at the next ``submit`` or at ``finish``.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.queue: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
+        self.cv = threading.Condition()
+        self.inflight = 0
+        self.error: BaseException | None = None
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="ckpt-tool-writer", daemon=True)
+        self.thread.start()
+
+    def submit(self, nbytes: int, fn: Callable[[], None]) -> None:
+        with self.cv:
+            while self.error is None and self.inflight and self.inflight + nbytes > self.limit:
+                self.cv.wait()
+            if self.error is not None:
+                raise self.error
+            self.queue.append((nbytes, fn))
+            self.inflight += nbytes
+            self.cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue and not self.closed:
+                    self.cv.wait()
+                if not self.queue:
+                    return
+                nbytes, fn = self.queue[0]
+                skip = self.error is not None
+            try:
+                if not skip:
+                    fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                with self.cv:
+                    self.error = exc
+            with self.cv:
+                self.queue.popleft()
+                self.inflight -= nbytes
+                self.cv.notify_all()
+
+    def finish(self) -> None:
+        """Wait until everything is written; re-raise a writer error."""
+        with self.cv:
+            self.closed = True
+            self.cv.notify_all()
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        """Stop after the write in progress (the caller is unwinding an exception)."""
+        with self.cv:
+            self.error = self.error or RuntimeError("aborted")
+            self.closed = True
+            self.cv.notify_all()
+        self.thread.join()
+
+
 def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, Any]:
     """Stream the merge described by ``plan`` into ``out``. Returns counts for the summary.
 
@@ -146,6 +221,7 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
             fds[path] = os.open(path, os.O_RDONLY)
         return fds[path]
 
+    largest = max((s.nbytes for s in specs), default=0)
     bar = _Progress(sum(s.nbytes for s in specs), progress)
     try:
         if out.fmt == "lit":
@@ -153,33 +229,42 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
         else:
             ctx = open_sharded_safetensors(out.weights, specs, out.max_shard_size)
         with ctx as writer:
-            for info, spec in pairs:
-                change = plan.changes.get(info.name)
-                if change is None and spec.dtype == info.dtype and info.is_contiguous:
-                    begin, end = info.byte_range
-                    raw = reader.raw(info)
-                    start = info.storage_offset * info.itemsize
-                    view = memoryview(raw[start : start + info.nbytes].numpy()) if info.nbytes else memoryview(b"")
-                    writer.copy(spec.name, fd_for(info.file), begin, end - begin, view)
-                    counts["copied"] += 1
-                else:
-                    base = reader.tensor(info)
-                    want = torch_dtype(spec.dtype)
-                    if change is not None:
-                        result = change(base, load)
-                        counts["changed"] += 1
+            behind = _WriteBehind(limit=min(largest, WRITE_BEHIND_BYTES))
+            try:
+                for info, spec in pairs:
+                    change = plan.changes.get(info.name)
+                    if change is None and spec.dtype == info.dtype and info.is_contiguous:
+                        begin, end = info.byte_range
+                        raw = reader.raw(info)
+                        start = info.storage_offset * info.itemsize
+                        view = memoryview(raw[start : start + info.nbytes].numpy()) if info.nbytes else memoryview(b"")
+                        fd = fd_for(info.file)
+                        # file-to-file: no anonymous memory, so it does not count against the limit
+                        behind.submit(0, functools.partial(writer.copy, spec.name, fd, begin, end - begin, view))
+                        counts["copied"] += 1
                     else:
-                        result = base
-                        counts["converted" if spec.dtype != info.dtype else "copied"] += 1
-                    if result.dtype != want:
-                        result = result.to(want)
-                    if tuple(result.shape) != spec.shape:
-                        raise Unsupported(
-                            f"merge of {info.name!r} produced shape {tuple(result.shape)}, expected {spec.shape} (plugin bug)"
-                        )
-                    writer.write(spec.name, result)
-                    del result, base
-                bar.advance(spec.nbytes)
+                        base = reader.tensor(info)
+                        want = torch_dtype(spec.dtype)
+                        if change is not None:
+                            result = change(base, load)
+                            counts["changed"] += 1
+                        else:
+                            result = base
+                            counts["converted" if spec.dtype != info.dtype else "copied"] += 1
+                        if result.dtype != want:
+                            result = result.to(want)
+                        if tuple(result.shape) != spec.shape:
+                            raise Unsupported(
+                                f"merge of {info.name!r} produced shape {tuple(result.shape)}, "
+                                f"expected {spec.shape} (plugin bug)"
+                            )
+                        behind.submit(spec.nbytes, functools.partial(writer.write, spec.name, result))
+                        del result, base
+                    bar.advance(spec.nbytes)
+                behind.finish()
+            except BaseException:
+                behind.abort()
+                raise
             for src, dst in out.copies():
                 with open(src, "rb") as fin, atomic_write(dst) as fout:
                     shutil.copyfileobj(fin, fout, 1 << 20)
@@ -309,13 +394,14 @@ def merge(
     inputs = {os.path.realpath(f) for f in plan.base.files + plan.adapter.files}
     inputs |= {os.path.realpath(t.file) for t in plan.base.tensors}
     inputs |= {os.path.realpath(t.file) for t in plan.adapter_tensors.values()}
-    clash = [str(f) for f in files if os.path.realpath(f) in inputs]
+    stale = _stale_weights(target, files)
+    clash = [str(f) for f in files + stale if os.path.realpath(f) in inputs]
     if clash:
         raise Refused(
             f"the output would replace an input file ({', '.join(clash)})",
             "write the merged model somewhere else with --out DIR",
         )
-    existing = [str(f) for f in files if os.path.lexists(f)]
+    existing = [str(f) for f in files if os.path.lexists(f)] + [str(f) for f in stale]
     if existing and not force:
         raise Refused(
             f"output already exists: {', '.join(existing)}",
@@ -341,8 +427,27 @@ def merge(
         }
     else:
         summary["tensors"] = execute(plan, target, progress=progress)
+        for f in stale:  # only reached with --force: weights of an earlier merge a loader could pick instead
+            f.unlink(missing_ok=True)
+        if stale:
+            summary["removed"] = [str(f) for f in stale]
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
+
+
+def _stale_weights(target: Output, files: list[Path]) -> list[Path]:
+    """Safetensors weights in the output dir that the new output would not replace.
+
+    A leftover ``model.safetensors`` next to a new sharded index (or old
+    shards next to a new single file) would be loaded instead of, or mixed
+    with, the new merge; they count as existing output and go with --force.
+    """
+    if target.fmt != "safetensors" or not target.weights.is_dir():
+        return []
+    d = target.weights
+    new = {os.path.realpath(f) for f in files}
+    candidates = [d / "model.safetensors", d / SAFETENSORS_INDEX, *sorted(d.glob("model-?????-of-?????.safetensors"))]
+    return [c for c in candidates if c.exists() and os.path.realpath(c) not in new]
 
 
 def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:

@@ -7,13 +7,17 @@ collide (two sources for one destination, an existing destination, names that
 differ only in case, a rename across filesystems). Only then does it change
 anything, and each change is announced in the journal (``journal.py``) first.
 
-Every step is checkable against the tree, which is what makes ``kill -9`` at
-any moment harmless: a rename keeps size, mtime and inode, so "was this file
-moved?" is answered by looking; new files are published with ``link()`` from a
-fsynced temp file, so they either exist complete or not at all. A rerun of
-``--apply`` resumes the journal's plan step by step, ``--undo`` walks it
-backwards. Weights are only ever renamed (same bytes, same inode), never
-copied; only small companion files (configs, tokenizers) are copied.
+The whole plan (every step, with each source's size/mtime_ns/inode) is
+written to the journal and fsynced before the first change. Every step is
+checkable against the tree, which is what makes ``kill -9`` at any moment
+harmless: a rename keeps size, mtime and inode, so "was this file moved?" is
+answered by looking; new files are published with ``link()`` from a complete
+temp file, so they exist complete or not at all, and their content is checked
+against the plan (sha256) when a run resumes. A rerun of ``--apply`` resumes
+the journal's plan step by step, ``--undo`` walks it backwards. Weights are
+only ever renamed (same bytes, same inode), never copied; only small companion
+files (configs, tokenizers) are copied. A session ends with one ``syncfs``
+before it is marked complete.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from typing import Any
 from ckpt_tool.errors import CkptError, Conflict, NotFound
 from ckpt_tool.io.atomic import TEMP_PREFIX
 from ckpt_tool.io.container import Probe
-from ckpt_tool.ops.journal import JOURNAL_NAME, LOCK_NAME, Journal, Session, fsync_dir, migrate_lock, mutated
+from ckpt_tool.ops.journal import JOURNAL_NAME, LOCK_NAME, Journal, Session, migrate_lock, mutated
 from ckpt_tool.plugins import get_plugin_manager
 
 MOVE, COPY, WRITE, MKDIR, RMDIR, REPORT = "move", "copy", "write", "mkdir", "rmdir", "report"
+DERIVE = "derive"  # opt-in: a new file computed from a source that stays where it is
 _OWN_FILES = (JOURNAL_NAME, LOCK_NAME)
-PARALLEL_MIN_DIRS = 64  # below this, starting processes costs more than it saves
+PARALLEL_MIN_DIRS = 64
+DONE_BATCH = 256  # checkpoint folders per "done" journal record  # below this, starting processes costs more than it saves
 
 
 @dataclass
@@ -58,6 +64,33 @@ class Action:
     reason: str = ""
     group: Path | None = None
     data: str | None = None
+    converter: str | None = None  # derive: "module:function" inside a registered plugin
+    params: dict[str, Any] | None = None  # derive: JSON-able arguments for the converter
+
+
+@dataclass(frozen=True)
+class MigrateOptions:
+    """Opt-in behaviour the plugins read through ``current_options()`` (the hook has no options argument)."""
+
+    upgrade_attn: bool = False  # rewrite legacy fused-attention keys into new files (originals kept)
+
+
+_options = MigrateOptions()
+
+
+def current_options() -> MigrateOptions:
+    """The options of the migrate run in progress (plugins call this from their hook)."""
+    return _options
+
+
+@contextlib.contextmanager
+def _using(options: MigrateOptions | None) -> Any:
+    global _options
+    saved, _options = _options, options or MigrateOptions()
+    try:
+        yield
+    finally:
+        _options = saved
 
 
 @dataclass
@@ -164,7 +197,11 @@ def collect(root: Path, dirs: list[Path], jobs: int) -> list[tuple[Path, list[Ac
 def _rel(path: Path, root: Path) -> str | None:
     """``path`` relative to ROOT, or None if it is not inside (no ``..``, not ROOT itself)."""
     text, base = os.fspath(path), os.fspath(root) + os.sep
-    if text.startswith(base) and f"{os.sep}..{os.sep}" not in text + os.sep and f"{os.sep}.{os.sep}" not in text + os.sep:
+    if (
+        text.startswith(base)
+        and f"{os.sep}..{os.sep}" not in text + os.sep
+        and f"{os.sep}.{os.sep}" not in text + os.sep
+    ):
         return text[len(base) :] or None  # the fast path: plugins join onto ROOT
     rel = os.path.relpath(os.path.abspath(path), root)
     if rel == "." or rel.startswith(".." + os.sep) or rel == ".." or os.path.isabs(rel):
@@ -191,7 +228,7 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def plan(root: Path, jobs: int = 1) -> Plan:
+def plan(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> Plan:
     """Build and check the plan for ``root``. Changes nothing.
 
     If an earlier ``--apply`` was interrupted, the plan is the rest of that
@@ -204,7 +241,8 @@ def plan(root: Path, jobs: int = 1) -> Plan:
     if pending is not None:
         result = Plan(root, steps=pending.steps, resuming=True)
         return result
-    return _fresh_plan(root, jobs)
+    with _using(options):
+        return _fresh_plan(root, jobs)
 
 
 def _fresh_plan(root: Path, jobs: int) -> Plan:
@@ -221,7 +259,11 @@ def _fresh_plan(root: Path, jobs: int) -> Plan:
             files = _plain_files(d, root)
             if files:
                 result.left.append(
-                    {"run": run, "path": run + "/", "reason": f"no plugin recognises the {len(files)} file(s) here; left as is"}
+                    {
+                        "run": run,
+                        "path": run + "/",
+                        "reason": f"no plugin recognises the {len(files)} file(s) here; left as is",
+                    }
                 )
             continue
         for a in acts:
@@ -232,7 +274,11 @@ def _fresh_plan(root: Path, jobs: int) -> Plan:
 
 def _plain_files(d: Path, root: Path) -> list[str]:
     try:
-        return [e.name for e in os.scandir(d) if not e.is_dir(follow_symlinks=False) and not (d == root and e.name in _OWN_FILES)]
+        return [
+            e.name
+            for e in os.scandir(d)
+            if not e.is_dir(follow_symlinks=False) and not (d == root and e.name in _OWN_FILES)
+        ]
     except OSError:
         return []
 
@@ -251,10 +297,12 @@ def _build_steps(root: Path, actions: list[tuple[Path, Action]], result: Plan) -
             continue
         src = _rel(a.src, root) if a.src is not None else None
         dst = _rel(a.dst, root) if a.dst is not None else None
-        if a.op not in (MOVE, COPY, WRITE, RMDIR):
+        if a.op not in (MOVE, COPY, WRITE, RMDIR, DERIVE):
             conflicts.append(f"{run}: unknown action {a.op!r} from a plugin")
             continue
-        if (a.op in (MOVE, COPY, RMDIR) and src is None) or (a.op in (MOVE, COPY, WRITE) and dst is None):
+        if (a.op in (MOVE, COPY, RMDIR, DERIVE) and src is None) or (
+            a.op in (MOVE, COPY, WRITE, DERIVE) and dst is None
+        ):
             conflicts.append(f"{run}: {a.op} {a.src} -> {a.dst}: path outside ROOT")
             continue
         gkey = _rel(a.group, root) if a.group is not None else (os.path.dirname(dst) if dst else src) or run
@@ -268,12 +316,34 @@ def _build_steps(root: Path, actions: list[tuple[Path, Action]], result: Plan) -
                 parent = os.path.dirname(parent)
             for p in reversed(parents):
                 created_dirs.add(p)
-                steps.append({"op": MKDIR, "src": None, "dst": p, "group": gid, "run": run, "reason": "new checkpoint folder"})
-        step: dict[str, Any] = {"op": a.op, "src": src, "dst": dst, "group": gid, "run": run, "reason": a.reason}
+                steps.append(
+                    {
+                        "op": MKDIR,
+                        "src": None,
+                        "dst": p,
+                        "group": gid,
+                        "run": run,
+                        "reason": "new checkpoint folder",
+                    }
+                )
+        step: dict[str, Any] = {
+            "op": a.op,
+            "src": src,
+            "dst": dst,
+            "group": gid,
+            "run": run,
+            "reason": a.reason,
+        }
         if a.op == WRITE:
             data = (a.data or "").encode()
             step["data"] = a.data or ""
             step["sha256"] = _sha256(data)
+        if a.op == DERIVE:
+            if not _trusted_converter(a.converter):
+                conflicts.append(f"{run}: converter {a.converter!r} is not a function of a loaded plugin")
+                continue
+            step["converter"] = a.converter
+            step["params"] = dict(a.params or {})
         steps.append(step)
     for i, s in enumerate(steps):
         s["i"] = i
@@ -299,7 +369,7 @@ def _validate(root: Path, steps: list[dict[str, Any]], conflicts: list[str]) -> 
 
     for s in steps:
         op, src, dst = s["op"], s["src"], s["dst"]
-        if src is not None and op in (MOVE, COPY):
+        if src is not None and op in (MOVE, COPY, DERIVE):
             try:
                 st = os.lstat(root / src)
             except FileNotFoundError:
@@ -318,14 +388,18 @@ def _validate(root: Path, steps: list[dict[str, Any]], conflicts: list[str]) -> 
                     inodes.setdefault((st.st_dev, st.st_ino), []).append(src)
                 parent_dev = _dev_of(root / os.path.dirname(dst))
                 if parent_dev is not None and parent_dev != st.st_dev:
-                    conflicts.append(f"{src} -> {dst}: crosses filesystems (a rename is impossible; migrate never copies weights)")
+                    conflicts.append(
+                        f"{src} -> {dst}: crosses filesystems (a rename is impossible; migrate never copies weights)"
+                    )
         if op == RMDIR and src is not None and not os.path.isdir(root / src):
             conflicts.append(f"{src}: directory to remove does not exist")
         if dst is None:
             continue
         dst_of.setdefault(dst, []).append(src or f"({op})")
         if os.path.lexists(root / dst):
-            conflicts.append(f"{dst}: destination already exists" + (f" (would receive {src})" if src else ""))
+            conflicts.append(
+                f"{dst}: destination already exists" + (f" (would receive {src})" if src else "")
+            )
         key = dst.casefold()
         if key in folded and folded[key] != dst:
             conflicts.append(f"{dst}: differs only in case from {folded[key]}, also planned")
@@ -333,7 +407,9 @@ def _validate(root: Path, steps: list[dict[str, Any]], conflicts: list[str]) -> 
         parent, name = os.path.split(dst)
         existing = siblings(parent).get(name.casefold())
         if existing is not None and existing != name:
-            conflicts.append(f"{dst}: differs only in case from the existing {os.path.join(parent, existing)}")
+            conflicts.append(
+                f"{dst}: differs only in case from the existing {os.path.join(parent, existing)}"
+            )
     for dst, srcs in dst_of.items():
         if len(srcs) > 1:
             conflicts.append(f"{dst}: {len(srcs)} sources for one destination ({', '.join(srcs)})")
@@ -342,13 +418,36 @@ def _validate(root: Path, steps: list[dict[str, Any]], conflicts: list[str]) -> 
             if s["op"] == MOVE and s["src"] in names:
                 others = [n for n in names if n != s["src"]]
                 extra = f"; also planned: {', '.join(others)}" if others else ""
-                s["reason"] += f" [hard link: {s['nlink']} names share this data; renamed, other names untouched{extra}]"
+                s["reason"] += (
+                    f" [hard link: {s['nlink']} names share this data; renamed, other names untouched{extra}]"
+                )
     for s in steps:
         if s["op"] == MOVE and s.get("nlink", 1) > 1 and "[hard link" not in s["reason"]:
             s["reason"] += f" [hard link: {s['nlink']} names share this data; renamed, other names untouched]"
     # de-duplicate while keeping order
     seen: set[str] = set()
     conflicts[:] = [c for c in conflicts if not (c in seen or seen.add(c))]
+
+
+def _trusted_converter(name: str | None) -> bool:
+    """Only functions of registered plugin modules may run (the journal is a file anyone could edit)."""
+    if not name or ":" not in name:
+        return False
+    module = name.split(":", 1)[0]
+    roots = {getattr(p, "__name__", "") for _, p in get_plugin_manager().list_name_plugin() if p is not None}
+    return any(module == r or module.startswith(r + ".") for r in roots if r)
+
+
+def _converter(name: str) -> Any:
+    import importlib
+
+    if not _trusted_converter(name):
+        raise Conflict(
+            f"journal names the converter {name!r}, which no loaded plugin provides",
+            "check CKPT_TOOL_PLUGINS",
+        )
+    module, func = name.split(":", 1)
+    return getattr(importlib.import_module(module), func)
 
 
 def _dev_of(path: Path) -> int | None:
@@ -368,15 +467,19 @@ def _dev_of(path: Path) -> int | None:
 _libc: Any = None
 
 
+def _rename_noreplace_probe() -> None:
+    global _libc
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.renameat2  # noqa: B018  (probe)
+    except (OSError, AttributeError):
+        _libc = False
+
+
 def _rename_noreplace(src: str, dst: str) -> None:
     """rename(2) that fails with EEXIST instead of replacing ``dst`` (renameat2 RENAME_NOREPLACE)."""
-    global _libc
     if _libc is None:
-        try:
-            _libc = ctypes.CDLL(None, use_errno=True)
-            _libc.renameat2  # noqa: B018  (probe)
-        except (OSError, AttributeError):
-            _libc = False
+        _rename_noreplace_probe()
     if _libc:
         AT_FDCWD, RENAME_NOREPLACE = -100, 1
         rc = _libc.renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE)
@@ -391,15 +494,20 @@ def _rename_noreplace(src: str, dst: str) -> None:
 
 
 def _publish(dst: Path, data: bytes) -> None:
-    """Create ``dst`` with ``data`` atomically and without ever replacing an existing file."""
+    """Create ``dst`` with ``data`` atomically and without ever replacing an existing file.
+
+    The temp file is not fsynced one by one (thousands of small configs would
+    cost minutes on a busy disk): the session ends with one ``syncfs`` before
+    its "complete" record, and a resumed run checks every published file's
+    content against the plan (sha256 / the source), so a file torn by a power
+    cut is reported instead of being taken as done.
+    """
     import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o644 & ~mask)
@@ -432,7 +540,8 @@ def step_state(root: Path, s: dict[str, Any]) -> str:
         assert src is not None
         if not os.path.lexists(src):
             return "done"
-        return "pending" if src.is_dir() and not src.is_symlink() and not any(os.scandir(src)) else "changed"
+        # still holding files is normal until the group's moves ran; rmdir itself refuses a non-empty dir
+        return "pending" if src.is_dir() and not src.is_symlink() else "changed"
     if op == MOVE:
         assert src is not None and dst is not None
         fp = s.get("fp")
@@ -444,21 +553,94 @@ def step_state(root: Path, s: dict[str, Any]) -> str:
     if op == COPY:
         assert src is not None and dst is not None
         if os.path.lexists(dst):
-            return "done"  # published atomically and only by us (the plan saw it absent)
+            # published atomically and only by us (the plan saw it absent); check the bytes anyway
+            return "done" if _same_bytes(dst, src) else "changed"
         return "pending" if fingerprint(src) == s.get("fp") else "changed"
     if op == WRITE:
         assert dst is not None
-        return "done" if os.path.lexists(dst) else "pending"
+        if os.path.lexists(dst):
+            return "done" if _file_sha(dst) == s.get("sha256") else "changed"
+        return "pending"
+    if op == DERIVE:
+        assert src is not None and dst is not None
+        if os.path.lexists(dst):
+            return (
+                "done" if s.get("derived_sha256") and _file_sha(dst) == s.get("derived_sha256") else "changed"
+            )
+        return "pending" if fingerprint(src) == s.get("fp") else "changed"
     return "changed"
 
 
-def _do(root: Path, s: dict[str, Any]) -> str | None:
+def _file_sha(path: Path) -> str | None:
+    try:
+        return _sha256(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.is_file() and not a.is_symlink() and b.is_file() and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def sync_filesystem(root: Path) -> None:
+    """Flush everything written under ROOT (one ``syncfs`` instead of an fsync per file)."""
+    if _libc is None:
+        _rename_noreplace_probe()
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        if _libc and hasattr(_libc, "syncfs") and _libc.syncfs(fd) == 0:
+            return
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+def _derive(root: Path, s: dict[str, Any], journal: Journal, session: Session) -> None:
+    """Run the plugin's converter into a temp file, journal its sha256, then publish it with ``link()``."""
+    import tempfile
+
+    src, dst = root / s["src"], root / s["dst"]
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dst.parent)
+    os.close(fd)
+    try:
+        _converter(s["converter"])(src, Path(tmp), dict(s.get("params") or {}))
+        if fingerprint(src) != s.get("fp"):
+            raise FileExistsError(errno.EEXIST, "source changed while converting")
+        with open(tmp, "rb") as fh:
+            digest = (
+                hashlib.file_digest(fh, "sha256").hexdigest()
+                if hasattr(hashlib, "file_digest")
+                else _sha256(fh.read())
+            )
+            os.fsync(fh.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o644 & ~mask)
+        journal.append({"type": "derived", "session": session.number, "step": s["i"], "sha256": digest})
+        os.link(tmp, dst)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _do(
+    root: Path, s: dict[str, Any], journal: Journal | None = None, session: Session | None = None
+) -> str | None:
     """Perform one pending step; return a reason if it had to be skipped."""
     op = s["op"]
     src = root / s["src"] if s.get("src") else None
     dst = root / s["dst"] if s.get("dst") else None
     try:
-        if op == MKDIR:
+        if op == DERIVE:
+            assert journal is not None and session is not None
+            try:
+                _derive(root, s, journal, session)
+            except CkptError as exc:
+                return f"not converted: {exc.message}"
+        elif op == MKDIR:
             os.mkdir(dst)  # type: ignore[arg-type]
         elif op == MOVE:
             _rename_noreplace(str(src), str(dst))
@@ -485,7 +667,9 @@ def _do(root: Path, s: dict[str, Any]) -> str | None:
 
 def _cleanup_temps(root: Path, steps: list[dict[str, Any]]) -> None:
     """Remove temp files a crash may have left beside files being published."""
-    for parent in {os.path.dirname(s["dst"]) for s in steps if s["op"] in (COPY, WRITE) and s.get("dst")}:
+    for parent in {
+        os.path.dirname(s["dst"]) for s in steps if s["op"] in (COPY, WRITE, DERIVE) and s.get("dst")
+    }:
         d = root / parent
         try:
             entries = list(os.scandir(d))
@@ -503,22 +687,37 @@ def _run_session(root: Path, journal: Journal, session: Session, outcome: Outcom
     by_group: dict[int, list[dict[str, Any]]] = {}
     for s in steps:
         by_group.setdefault(s["group"], []).append(s)
+    finished: list[int] = []
+
+    def flush_done() -> None:
+        # "done" markers only speed up a resume (the tree is the authority), so they are batched
+        if finished:
+            journal.append({"type": "done", "session": session.number, "groups": list(finished)})
+            finished.clear()
+
     for gid, group in by_group.items():
+        if len(finished) >= DONE_BATCH:
+            flush_done()
         if gid in session.done_groups:
             outcome.done.extend(s["i"] for s in group if s["i"] not in session.skipped)
             continue
         states = {s["i"]: (session.skipped.get(s["i"]) and "skipped") or step_state(root, s) for s in group}
-        changed = [s for s in group if states[s["i"]] == "changed" and s["op"] in (MOVE, COPY)]
-        if changed and not any(states[s["i"]] == "done" for s in group if s["op"] in (MOVE, COPY, WRITE)):
+        changed = [s for s in group if states[s["i"]] == "changed" and s["op"] in (MOVE, COPY, DERIVE)]
+        if changed and not any(
+            states[s["i"]] == "done" for s in group if s["op"] in (MOVE, COPY, WRITE, DERIVE)
+        ):
             # a source changed between plan and apply: leave the whole folder alone
             for s in group:
                 reason = "source changed since the plan (size/mtime/inode differ); not touched"
                 if s in changed:
-                    journal.append({"type": "skip", "session": session.number, "step": s["i"], "reason": reason})
-                outcome.skipped.append({**_public(s), "why": reason if s in changed else "part of a skipped folder"})
-            journal.append({"type": "done", "session": session.number, "group": gid})
+                    journal.append(
+                        {"type": "skip", "session": session.number, "step": s["i"], "reason": reason}
+                    )
+                outcome.skipped.append(
+                    {**_public(s), "why": reason if s in changed else "part of a skipped folder"}
+                )
+            finished.append(gid)
             continue
-        touched: set[Path] = set()
         for s in group:
             # look again right before acting: earlier steps of the group change the picture (rmdir)
             state = "skipped" if s["i"] in session.skipped else step_state(root, s)
@@ -529,19 +728,19 @@ def _run_session(root: Path, journal: Journal, session: Session, outcome: Outcom
                 outcome.done.append(s["i"])
                 outcome.resumed_steps += 1
                 continue
-            why = _do(root, s) if state == "pending" else "the tree changed since the plan; not touched"
+            why = (
+                _do(root, s, journal, session)
+                if state == "pending"
+                else "the tree changed since the plan; not touched"
+            )
             if why:
                 journal.append({"type": "skip", "session": session.number, "step": s["i"], "reason": why})
                 outcome.skipped.append({**_public(s), "why": why})
                 continue
             outcome.done.append(s["i"])
-            for key in ("src", "dst"):
-                if s.get(key):
-                    touched.add((root / s[key]).parent)
-        for d in touched:
-            with contextlib.suppress(OSError):
-                fsync_dir(d)
-        journal.append({"type": "done", "session": session.number, "group": gid})
+        finished.append(gid)
+    flush_done()
+    sync_filesystem(root)  # every rename and new file is on disk before the session is called complete
     journal.append({"type": "complete", "session": session.number})
 
 
@@ -549,19 +748,22 @@ def _public(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s.get(k) for k in ("i", "run", "op", "src", "dst", "reason")}
 
 
-def apply(root: Path, jobs: int = 1) -> Outcome:
+def apply(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> Outcome:
     """Apply the plan for ``root`` (resuming an interrupted one first). Raises ``MigrateConflict``."""
     root = _check_root(root)
     with migrate_lock(root):
         journal = Journal(root)
         if journal.undoing:
-            raise Conflict(f"an undo of {root} was interrupted", "run 'ckpt-tool migrate --undo' again to finish it")
+            raise Conflict(
+                f"an undo of {root} was interrupted", "run 'ckpt-tool migrate --undo' again to finish it"
+            )
         resumed: Outcome | None = None
         pending = journal.pending
         if pending is not None:
             resumed = Outcome(Plan(root, steps=pending.steps, resuming=True))
             _run_session(root, journal, pending, resumed)
-        fresh = _fresh_plan(root, jobs)
+        with _using(options):
+            fresh = _fresh_plan(root, jobs)
         if fresh.conflicts:
             raise MigrateConflict(fresh.conflicts, fresh)
         outcome = Outcome(fresh)
@@ -571,8 +773,12 @@ def apply(root: Path, jobs: int = 1) -> Outcome:
         if resumed is not None:
             # report the finished interrupted plan together with anything new
             offset = len(resumed.plan.steps)
-            merged = Plan(root, steps=resumed.plan.steps + [{**s, "i": s["i"] + offset} for s in fresh.steps],
-                          left=fresh.left, resuming=True)
+            merged = Plan(
+                root,
+                steps=resumed.plan.steps + [{**s, "i": s["i"] + offset} for s in fresh.steps],
+                left=fresh.left,
+                resuming=True,
+            )
             return Outcome(
                 merged,
                 done=resumed.done + [i + offset for i in outcome.done],
@@ -604,7 +810,7 @@ def _undo_step(root: Path, s: dict[str, Any]) -> str | None:
             if os.path.lexists(src):
                 return f"{s['src']} exists again; {s['dst']} left in place"
             _rename_noreplace(str(dst), str(src))
-        elif op in (COPY, WRITE):
+        elif op in (COPY, WRITE, DERIVE):
             assert dst is not None
             if not os.path.lexists(dst):
                 return None
@@ -613,6 +819,8 @@ def _undo_step(root: Path, s: dict[str, Any]) -> str | None:
             current = dst.read_bytes()
             if op == WRITE:
                 expected_ok = _sha256(current) == s.get("sha256")
+            elif op == DERIVE:
+                expected_ok = _sha256(current) == s.get("derived_sha256")
             else:
                 expected_ok = src is not None and src.is_file() and src.read_bytes() == current
             if not expected_ok:
@@ -651,24 +859,16 @@ def undo(root: Path) -> Outcome:
         outcome = Outcome(Plan(root, steps=[]))
         _cleanup_temps(root, all_steps)
         for sess in reversed(journal.sessions):
-            touched: set[Path] = set()
             for s in reversed(sess.steps):
                 why = _undo_step(root, s)
                 if why:
                     outcome.skipped.append({**_public(s), "why": why})
                 else:
                     outcome.done.append(s["i"])
-                for key in ("src", "dst"):
-                    if s.get(key):
-                        touched.add((root / s[key]).parent)
-            for d in touched:
-                with contextlib.suppress(OSError):
-                    fsync_dir(d)
             outcome.plan.steps = sess.steps + outcome.plan.steps
+        sync_filesystem(root)
         if outcome.skipped:
-            outcome.message = (
-                f"undo finished with {len(outcome.skipped)} item(s) left in place; the journal is kept so you can rerun --undo"
-            )
+            outcome.message = f"undo finished with {len(outcome.skipped)} item(s) left in place; the journal is kept so you can rerun --undo"
         else:
             journal.remove()
             outcome.message = "restored the tree as it was before the migration"

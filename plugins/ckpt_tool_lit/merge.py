@@ -248,6 +248,13 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         raise Refused(f"{adapter.path}: invalid lora_r {r_cfg!r} in hyperparameters.yaml")
     r = r_cfg
     scaling = alpha / r
+    has_qkv = any(_kind(m) == "qkv" for m in modules)
+    if has_qkv and any(lora.get(f) is None for f in ("query", "key", "value")):
+        raise Refused(
+            f"{adapter.path}: cannot tell which of query/key/value the attn.qkv LoRA covers (no "
+            "hyperparameters.yaml records lora_query/lora_key/lora_value and the shapes fit several choices)",
+            "restore hyperparameters.yaml from the training run (the old lit-gpt default was query+value)",
+        )
     enable = (_flag(lora, "query"), _flag(lora, "key"), _flag(lora, "value"))
     flags = {"projection": _flag(lora, "projection"), "mlp": _flag(lora, "mlp"), "head": _flag(lora, "head")}
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
-from ckpt_tool.errors import CkptError
-from ckpt_tool.ops.migrate import COPY, MOVE, REPORT, RMDIR, WRITE, Action
+from ckpt_tool.errors import CkptError, Refused
+from ckpt_tool.ops.migrate import COPY, DERIVE, MOVE, REPORT, RMDIR, WRITE, Action, current_options
 from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, lora_modules
 
 # 2023 names in the run dir → today's final/ (expected kind; the keys decide)
@@ -37,6 +37,9 @@ STEP_DIR_RE = re.compile(r"^step-(\d+)$")
 CKPT_DIR_RE = re.compile(r"^(final|(iter|step)-\d+)$")
 LIT_LLAMA_NAME_RE = re.compile(r"^lit-llama.*\.pth$")
 LIT_LLAMA_KEY_RE = re.compile(r"\.(c_attn|c_proj|c_fc1|c_fc2|rms_1|rms_2)\.|\.ln_f\.scale$")
+# the fused attention before LitGPT 0.5.5 (formats.md §2.4); per-row tensors that follow its row layout
+LEGACY_ATTN_RE = re.compile(r"^(.*\.attn)\.attn\.(weight|bias|adapter_bias|adapter_scale)$")
+UPGRADE_ATTN = "ckpt_tool_lit.migrate:upgrade_attn_file"
 
 CONFIG_YAML = "model_config.yaml"
 CONFIG_JSON = "lit_config.json"
@@ -83,6 +86,8 @@ class _Weights:
     r: int | None = None
     keys: list[str] = field(default_factory=list)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    legacy_attn: bool = False  # keys use attn.attn (before LitGPT 0.5.5)
+    derive: bool = False  # --upgrade-attn: write a converted copy, keep this file
 
 
 @dataclass
@@ -162,6 +167,22 @@ def propose(run_dir: Path, root: Path, probe: Any) -> list[Action] | None:
         w = _Weights(
             path, WEIGHTS_NAME[kind], kind, why, keys=keys, shapes={k: t.shape for k, t in c.tensors.items()}
         )
+        w.legacy_attn = any(".attn.attn." in k for k in keys)
+        if w.legacy_attn:
+            if not current_options().upgrade_attn:
+                w.reason += "; legacy fused attn.attn keys" + (
+                    " (--upgrade-attn writes a converted copy)"
+                    if kind in (FULL, ADAPTER_V2) and not c.training_state
+                    else ""
+                )
+            elif kind not in (FULL, ADAPTER_V2):
+                w.reason += "; legacy attn.attn keys kept: converting LoRA needs the release that trained it (formats.md §2.4)"
+            elif c.training_state:
+                w.reason += (
+                    "; legacy attn.attn keys kept: the optimizer state would need the same permutation"
+                )
+            else:
+                w.derive = True
         return w
 
     def target(folder: Path, src_folder: Path, **kw: Any) -> _Target:
@@ -254,14 +275,41 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
     """Moves, companions and records for one new (or fixed-up) checkpoint folder."""
     out: list[Action] = []
     folder, group = t.folder, t.folder
+    converted = _converted_earlier(folder)
+    for w in list(t.weights):
+        rel = str(w.src.relative_to(run_dir))
+        if converted.get(w.dst_name) == rel:
+            # an earlier --upgrade-attn run wrote the converted copy and kept this original on purpose
+            report(w.src, f"original kept; its converted copy is {folder.name}/{w.dst_name}")
+            t.weights.remove(w)
+    if not t.weights and not t.config_only:
+        return out
     present = {n for n in COMPANIONS + (CONFIG_YAML, CONFIG_JSON) if (folder / n).exists()}
     for w in t.weights:
-        if not t.config_only:
+        if t.config_only:
+            continue
+        params = _attn_params(_config_for(t, run_dir)) if w.derive else None
+        if w.derive and params is None:
+            w.derive = False
+            w.reason += "; legacy attn.attn keys kept: no config with n_head/n_embd to convert them"
+        if w.derive:
+            out.append(
+                Action(
+                    DERIVE,
+                    src=w.src,
+                    dst=folder / w.dst_name,
+                    reason=w.reason + "; attn.attn → attn.qkv rows regrouped into a new file, original kept",
+                    group=group,
+                    converter=UPGRADE_ATTN,
+                    params=params,
+                )
+            )
+        else:
             out.append(Action(MOVE, src=w.src, dst=folder / w.dst_name, reason=w.reason, group=group))
     if t.moves_folder:
         # the March 2024 iter-N/ folder becomes step-N/: its known files move with the weights
         files, dirs, links = _entries(t.src_folder)
-        leftovers = False
+        leftovers = any(w.derive for w in t.weights)  # a converted original stays in its folder
         for name in sorted(files):
             if name == "lit_model.pth":
                 continue
@@ -338,9 +386,8 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
                 except (ValueError, OSError, UnicodeDecodeError) as exc:
                     report(js, f"cannot convert ({exc}); {folder.name}/ gets no {CONFIG_YAML}")
                     break
-                text = (
-                    f"# converted from {os.path.relpath(js, folder)} by ckpt-tool migrate\n"
-                    + dump_yaml(cfg)
+                text = f"# converted from {os.path.relpath(js, folder)} by ckpt-tool migrate\n" + dump_yaml(
+                    cfg
                 )
                 what = ", ".join(changes) if changes else "no keys renamed"
                 out.append(
@@ -382,6 +429,12 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
         if t.config_only:
             continue
         record["files"][w.dst_name] = {"from": str(w.src.relative_to(run_dir)), "kind": w.kind}
+        if w.derive:
+            record["files"][w.dst_name]["converted_from"] = str(w.src.relative_to(run_dir))
+            record["files"][w.dst_name]["conversion"] = (
+                "legacy fused attention attn.attn (rows interleaved per query group) -> attn.qkv (grouped q|k|v); "
+                "the original file was kept unchanged"
+            )
     if any(
         ITER_FILE_RE.match(w.src.name)
         and w.src.name.startswith("iter-")
@@ -392,7 +445,7 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
             "iter-N counted micro-batch iterations, step-N counts optimizer steps: the number was kept, not converted"
         )
     if CONFIG_YAML not in present and any(a.op == WRITE and a.dst == folder / CONFIG_YAML for a in out):
-        record["model_config.yaml"] = "converted from lit_config.json"
+        record["model_config.yaml"] = "converted from the run's legacy config (old key names)"
     if not (folder / MIGRATION_RECORD).exists():
         out.append(
             Action(
@@ -404,6 +457,104 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
             )
         )
     return out
+
+
+def _converted_earlier(folder: Path) -> dict[str, str]:
+    """``{weights name: source}`` for copies an earlier ``--upgrade-attn`` run wrote into ``folder``."""
+    record = folder / MIGRATION_RECORD
+    if not _is_regular(record):
+        return {}
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        files = data.get("files", {}) if isinstance(data, dict) else {}
+        return {
+            k: v["converted_from"] for k, v in files.items() if isinstance(v, dict) and "converted_from" in v
+        }
+    except (OSError, ValueError, UnicodeDecodeError, TypeError):
+        return {}
+
+
+def _config_for(t: _Target, run_dir: Path) -> dict[str, Any] | None:
+    """The model config that applies to a target: its own, its source folder's, or the run's."""
+    for base in dict.fromkeys([t.folder, t.src_folder, run_dir]):
+        cfg = _read_yaml(base / CONFIG_YAML) if _is_regular(base / CONFIG_YAML) else None
+        if cfg is None and _is_regular(base / CONFIG_JSON):
+            cfg = _read_json(base / CONFIG_JSON)
+        if cfg is not None:
+            return cfg
+    return None
+
+
+def _attn_params(cfg: dict[str, Any] | None) -> dict[str, int] | None:
+    if not cfg:
+        return None
+    n_head, n_embd = cfg.get("n_head"), cfg.get("n_embd")
+    if not isinstance(n_head, int) or not isinstance(n_embd, int) or n_head <= 0:
+        return None
+    head_size = cfg.get("head_size") or n_embd // n_head
+    groups = cfg.get("n_query_groups") or n_head
+    if not isinstance(groups, int) or n_head % groups:
+        return None
+    return {"n_head": n_head, "n_query_groups": groups, "head_size": int(head_size)}
+
+
+def regroup_qkv(t: Any, n_head: int, n_query_groups: int, head_size: int) -> Any:
+    """Rows of the legacy fused attention ``[q.., k, v]`` per query group → today's ``[Q | K | V]``.
+
+    The same permutation LitGPT applies when it loads a legacy checkpoint
+    (``qkv_reassemble``); it is exact (rows move, values do not change).
+    """
+    import torch
+
+    q_per_kv = n_head // n_query_groups
+    rows = (q_per_kv + 2) * head_size * n_query_groups
+    if t.shape[0] != rows:
+        raise Refused(
+            f"attn.attn has {t.shape[0]} rows, the config implies {rows}", "check the run's model config"
+        )
+    qs, ks, vs = [], [], []
+    for chunk in torch.chunk(t, n_query_groups):
+        q, k, v = torch.split(chunk, [head_size * q_per_kv, head_size, head_size])
+        qs.append(q)
+        ks.append(k)
+        vs.append(v)
+    return torch.cat(qs + ks + vs).contiguous()
+
+
+def upgrade_attn_file(src: Path, out: Path, params: dict[str, Any]) -> None:
+    """``--upgrade-attn``: write ``src`` with ``attn.attn`` renamed to ``attn.qkv`` and its rows regrouped.
+
+    Called by the core at apply time (never while planning). Everything else in
+    the file (other tensors, the ``{"model": ...}`` wrapper, counters) is kept.
+    """
+    import torch
+
+    try:
+        obj = torch.load(src, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (weights_only refusals, protocol 4/5 files: all mean "cannot")
+        raise Refused(
+            f"{src}: cannot be loaded safely for conversion ({type(exc).__name__})",
+            "migrate it without --upgrade-attn",
+        ) from None
+    wrapped = isinstance(obj, dict) and isinstance(obj.get("model"), dict)
+    state = obj["model"] if wrapped else obj
+    if not isinstance(state, dict):
+        raise Refused(f"{src}: not a state dict")
+    new: dict[str, Any] = {}
+    for key, value in state.items():
+        m = LEGACY_ATTN_RE.match(key)
+        if m:
+            new[f"{m[1]}.qkv.{m[2]}"] = regroup_qkv(
+                value, params["n_head"], params["n_query_groups"], params["head_size"]
+            )
+        elif ".attn.attn." in key:
+            raise Refused(
+                f"{src}: {key} cannot be converted by a row permutation", "migrate it without --upgrade-attn"
+            )
+        else:
+            new[key] = value
+    with open(out, "wb") as fh:  # a file object: torch derives a zip record name from a path's stem
+        torch.save({**obj, "model": new} if wrapped else new, fh)
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:

@@ -314,9 +314,12 @@ def _weight_step(
             return (factor * (w + delta)).to(w.dtype)
         delta = _delta_linear(m, load, pdt)
         if not m.dora:
-            out = w.clone()
-            out += delta  # Linear.merge: in-place add of the fp32 delta, one rounding
-            return out
+            # Linear.merge does ``W.data += delta``: W upcast exactly to fp32, one fp32 add, one
+            # round-to-nearest-even back to W's dtype. ``delta + W`` gives the same bits (IEEE addition
+            # commutes) and avoids torch's slow mixed-dtype in-place kernel (2x on bf16 bases).
+            if w.dtype == delta.dtype:
+                return delta.add_(w)
+            return delta.add_(w.to(delta.dtype)).to(w.dtype)
         mag = load(m.keys["lora_magnitude_vector"]).to(pdt)
         # DoraLinearVariant.merge_unsafe -> DoraLinearLayer.get_weight_norm(W, transpose(delta), scaling=1)
         weight = _transpose(w, m.fan_in_fan_out)
@@ -398,7 +401,7 @@ def _base_key(module: str, param: str, names: set[str]) -> str | None:
     return None
 
 
-def _tied(base_config: dict[str, Any], model_type: str) -> bool:
+def _tied(base_config: dict[str, Any]) -> bool:
     """Whether the base ties lm_head to the input embedding (transformers' default is True)."""
     return bool(base_config.get("tie_word_embeddings", True))
 
@@ -449,6 +452,10 @@ def _check_tied(
             "with tie_word_embeddings=false, so a copy of the base config.json would describe a different model - "
             "if lm_head.weight is meant to be separate, set tie_word_embeddings=false in the base config.json first"
         )
+
+
+def _examples(keys: list[str], n: int = 3) -> str:
+    return ", ".join(repr(k) for k in keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def _group(problems: list[str], modules: set[str]) -> list[str]:
@@ -528,11 +535,14 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             f"(e.g. {old!r} instead of {repairs[old]!r}); PEFT would silently load none of them - restore '.lora_' "
             "in the key names first (see 'ckpt-tool inspect')"
         )
+    unprefixed: list[str] = []
+    unknown: list[str] = []
+    absent: list[str] = []
     for key, t in ad.tensors.items():
         if key in repairs:
             continue
         if not key.startswith(PREFIX):
-            problems.append(f"adapter tensor {key!r} does not start with {PREFIX!r} (not a PEFT LoRA save)")
+            unprefixed.append(key)
             continue
         rest = key[len(PREFIX) :]
         mm = _LORA_KEY.match(rest)
@@ -541,21 +551,21 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             mod.keys[mm["part"]] = key
             continue
         if _TUNER_MARKERS.search(rest):
-            problems.append(f"adapter tensor {key!r} is not a LoRA tensor ckpt-tool knows how to merge")
+            unknown.append(key)
             continue
         target = rest.replace(".base_layer.", ".")
         target_key = (
             target if target in names else _base_key(*target.rsplit(".", 1), names) if "." in target else None
         )
         if target_key is None:
-            if target.split(".")[-2:-1] == ["lm_head"] and _tied(base_config, model_type):
+            if target.split(".")[-2:-1] == ["lm_head"] and _tied(base_config):
                 problems.append(
                     f"adapter tensor {key!r} (modules_to_save) replaces lm_head, which the base ties to the input "
                     "embedding (no lm_head.weight in its files); PEFT's merge unties them and rewrites config.json - "
                     "untie the base first (load with tie_word_embeddings=False, copy the embedding into lm_head, save)"
                 )
             else:
-                problems.append(f"adapter tensor {key!r} replaces {target!r}, which is not in the base")
+                absent.append(key)
             continue
         bt = base_by_name[target_key]
         if tuple(t.shape) != tuple(bt.shape):
@@ -569,10 +579,18 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             continue
         replacements[target_key] = key
 
+    for keys, what in (
+        (unprefixed, f"do not start with {PREFIX!r} (not a PEFT save; PEFT would silently skip them)"),
+        (unknown, "are not LoRA tensors ckpt-tool knows how to merge"),
+        (absent, "are full tensors (modules_to_save / base_layer) whose target is not in the base"),
+    ):
+        if keys:
+            problems.append(f"{len(keys)} adapter tensor(s) {what}: {_examples(keys)}")
+
     # ---- check and finish each adapted module
     use_dora = bool(cfg.get("use_dora"))
     fifo_cfg = bool(cfg.get("fan_in_fan_out"))
-    tied = _tied(base_config, model_type)
+    tied = _tied(base_config)
     for name, m in sorted(modules.items()):
         parts = set(m.keys)
         emb = {"lora_embedding_A", "lora_embedding_B"} & parts
@@ -585,6 +603,13 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         missing = [p for p in need if p not in parts]
         if use_dora and "lora_magnitude_vector" not in parts:
             missing.append("lora_magnitude_vector")
+        if cfg.get("lora_bias") and not emb and "lora_B.bias" not in parts:
+            missing.append("lora_B.bias (lora_bias is true)")
+        if "lora_B.bias" in parts and not cfg.get("lora_bias"):
+            problems.append(
+                f"{name}: has lora_B.bias but lora_bias is false in adapter_config.json (PEFT would ignore it)"
+            )
+            continue
         if missing:
             problems.append(f"{name}: missing {', '.join(missing)} in the adapter file")
             continue
@@ -601,7 +626,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                     "tie_word_embeddings=False, copy the embedding into lm_head, save) and merge against that"
                 )
             else:
-                problems.append(f"{name}: targeted by the adapter but {name}.weight is not in the base")
+                problems.append(f"{name}: targeted by the adapter but its weight is not in the base")
             continue
         shapes = {p: tuple(ad.tensors[k].shape) for p, k in m.keys.items()}
         bad = [
@@ -677,7 +702,9 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                     continue
                 m.bias = _base_key(name, "bias", names)
                 if m.bias is None:
-                    problems.append(f"{name}: lora_bias needs a base bias but {name}.bias is not in the base")
+                    problems.append(
+                        f"{name}: lora_bias needs a base bias, but the base has none for this module"
+                    )
                     continue
         if m.dora and shapes["lora_magnitude_vector"] != (out_features,):
             problems.append(
