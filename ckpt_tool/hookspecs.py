@@ -78,11 +78,13 @@ def ckpt_merge_base(adapter: CheckpointInfo) -> Path | None:
 
 
 @hookspec
-def ckpt_migrate_run(run_dir: Path, root: Path, probe: Probe) -> list[Any] | None:
+def ckpt_migrate_run(run_dir: Path, root: Path, probe: Probe, options: Any) -> list[Any] | None:
     """Propose actions that bring the run directory ``run_dir`` into today's layout.
 
     Called by ``migrate`` for every directory under ``root`` (symlinks are not
     followed). Returns a list of ``ckpt_tool.ops.migrate.Action`` (moves, config
     rewrites, copies, reports) or ``None`` when the directory is not yours. Must
     not change anything: the core checks the whole plan before it applies it.
+    ``options`` is a ``ckpt_tool.ops.migrate.MigrateOptions`` (opt-in behaviour such as
+    ``upgrade_attn``); implementations may leave the argument out if they ignore it.
     """

@@ -312,8 +312,8 @@ def test_source_changed_between_plan_and_apply(tree: Path, cli, monkeypatch) -> 
     changed = tree / "2023-06-dolly-lora" / "lit_model_lora_finetuned.pth"
     real_plan = ops._fresh_plan
 
-    def plan_then_touch(root: Path, jobs: int) -> ops.Plan:
-        result = real_plan(root, jobs)
+    def plan_then_touch(root: Path, jobs: int, options: ops.MigrateOptions) -> ops.Plan:
+        result = real_plan(root, jobs, options)
         st = os.stat(changed)  # e.g. a training job still writing its final save
         os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
         return result

@@ -70,27 +70,9 @@ class Action:
 
 @dataclass(frozen=True)
 class MigrateOptions:
-    """Opt-in behaviour the plugins read through ``current_options()`` (the hook has no options argument)."""
+    """Opt-in behaviour, handed to every plugin's ``ckpt_migrate_run`` hook."""
 
     upgrade_attn: bool = False  # rewrite legacy fused-attention keys into new files (originals kept)
-
-
-_options = MigrateOptions()
-
-
-def current_options() -> MigrateOptions:
-    """The options of the migrate run in progress (plugins call this from their hook)."""
-    return _options
-
-
-@contextlib.contextmanager
-def _using(options: MigrateOptions | None) -> Any:
-    global _options
-    saved, _options = _options, options or MigrateOptions()
-    try:
-        yield
-    finally:
-        _options = saved
 
 
 @dataclass
@@ -160,14 +142,14 @@ def walk_dirs(root: Path) -> list[Path]:
     return sorted(out)
 
 
-def _ask_plugins(dirs: list[Path], root: Path) -> list[tuple[Path, list[Action] | None, str | None]]:
+def _ask_plugins(dirs: list[Path], root: Path, options: MigrateOptions) -> list[tuple[Path, list[Action] | None, str | None]]:
     """Call the hook for each dir; returns (dir, actions or None when unclaimed, error text)."""
     pm = get_plugin_manager()
     probe = Probe()
     out: list[tuple[Path, list[Action] | None, str | None]] = []
     for d in dirs:
         try:
-            answers = pm.hook.ckpt_migrate_run(run_dir=d, root=root, probe=probe)
+            answers = pm.hook.ckpt_migrate_run(run_dir=d, root=root, probe=probe, options=options)
         except CkptError as exc:
             out.append((d, [], exc.render().removeprefix("error: ")))
             continue
@@ -176,21 +158,21 @@ def _ask_plugins(dirs: list[Path], root: Path) -> list[tuple[Path, list[Action] 
     return out
 
 
-def _ask_chunk(args: tuple[list[Path], Path]) -> list[tuple[Path, list[Action] | None, str | None]]:
+def _ask_chunk(args: tuple[list[Path], Path, MigrateOptions]) -> list[tuple[Path, list[Action] | None, str | None]]:
     return _ask_plugins(*args)
 
 
-def collect(root: Path, dirs: list[Path], jobs: int) -> list[tuple[Path, list[Action] | None, str | None]]:
+def collect(root: Path, dirs: list[Path], jobs: int, options: MigrateOptions) -> list[tuple[Path, list[Action] | None, str | None]]:
     """Ask the plugins about every dir, in ``jobs`` processes (header parsing is CPU-bound Python)."""
     if jobs <= 1 or len(dirs) < PARALLEL_MIN_DIRS:
-        return _ask_plugins(dirs, root)
+        return _ask_plugins(dirs, root, options)
     n = max(1, min(jobs * 4, len(dirs) // 16))
     chunks = [dirs[i::n] for i in range(n)]
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        results = [r for part in pool.map(_ask_chunk, [(c, root) for c in chunks]) for r in part]
+        results = [r for part in pool.map(_ask_chunk, [(c, root, options) for c in chunks]) for r in part]
     return sorted(results, key=lambda r: r[0])
 
 
@@ -241,13 +223,12 @@ def plan(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> Pl
     if pending is not None:
         result = Plan(root, steps=pending.steps, resuming=True)
         return result
-    with _using(options):
-        return _fresh_plan(root, jobs)
+    return _fresh_plan(root, jobs, options or MigrateOptions())
 
 
-def _fresh_plan(root: Path, jobs: int) -> Plan:
+def _fresh_plan(root: Path, jobs: int, options: MigrateOptions) -> Plan:
     dirs = walk_dirs(root)
-    answers = collect(root, dirs, jobs)
+    answers = collect(root, dirs, jobs, options)
     result = Plan(root)
     actions: list[tuple[Path, Action]] = []
     for d, acts, error in answers:
@@ -762,8 +743,7 @@ def apply(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> O
         if pending is not None:
             resumed = Outcome(Plan(root, steps=pending.steps, resuming=True))
             _run_session(root, journal, pending, resumed)
-        with _using(options):
-            fresh = _fresh_plan(root, jobs)
+        fresh = _fresh_plan(root, jobs, options or MigrateOptions())
         if fresh.conflicts:
             raise MigrateConflict(fresh.conflicts, fresh)
         outcome = Outcome(fresh)

@@ -41,7 +41,7 @@ def ckpt_merge_plan(adapter: Any, base: Any, options: Any) -> Any:
 
 
 @hookimpl
-def ckpt_migrate_run(run_dir: Path, root: Path, probe: Any) -> Any:
+def ckpt_migrate_run(run_dir: Path, root: Path, probe: Any, options: Any) -> Any:
     from ckpt_tool_lit.migrate import propose
 
-    return propose(run_dir, root, probe)
+    return propose(run_dir, root, probe, options)

@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from ckpt_tool.errors import CkptError, Refused
-from ckpt_tool.ops.migrate import COPY, DERIVE, MOVE, REPORT, RMDIR, WRITE, Action, current_options
+from ckpt_tool.ops.migrate import COPY, DERIVE, MOVE, REPORT, RMDIR, WRITE, Action, MigrateOptions
 from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, lora_modules
 
 # 2023 names in the run dir → today's final/ (expected kind; the keys decide)
@@ -125,7 +125,7 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def propose(run_dir: Path, root: Path, probe: Any) -> list[Action] | None:
+def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> list[Action] | None:
     """The actions that migrate ``run_dir``, ``[]`` if it is LitGPT's and current, ``None`` if not LitGPT's."""
     rel_parts = run_dir.relative_to(root).parts if run_dir != root else ()
     if rel_parts and (CKPT_DIR_RE.match(run_dir.name) or LOGS_DIRS & set(rel_parts)):
@@ -169,7 +169,7 @@ def propose(run_dir: Path, root: Path, probe: Any) -> list[Action] | None:
         )
         w.legacy_attn = any(".attn.attn." in k for k in keys)
         if w.legacy_attn:
-            if not current_options().upgrade_attn:
+            if not options.upgrade_attn:
                 w.reason += "; legacy fused attn.attn keys" + (
                     " (--upgrade-attn writes a converted copy)"
                     if kind in (FULL, ADAPTER_V2) and not c.training_state
