@@ -269,8 +269,13 @@ def _describe(file: Path, probe: Any, side_loader: Callable[[], _Side], *, as_di
         metadata["attention_layout"] = "legacy fused attn.attn (LitGPT < 0.5.5)"
         warnings.append(
             "legacy layout: fused attention 'attn.attn' with rows interleaved per query group "
-            "(LitGPT before 0.5.5, Dec 2024); today's LitGPT expects 'attn.qkv' grouped [Q|K|V] — "
-            "run 'ckpt-tool migrate' to convert"
+            "(LitGPT before 0.5.5, Dec 2024); today's LitGPT expects 'attn.qkv' grouped [Q|K|V]"
+            + (
+                " — 'ckpt-tool migrate --upgrade-attn' writes a converted copy of full and adapter-v2 weights "
+                "when it moves them from a legacy name (the original is kept)"
+                if cls != LORA and not training_state
+                else ""
+            )
         )
     if cls == LORA:
         lora, lora_warnings, lora_details = _lora_summary(tensors, hp, cfg)
