@@ -16,7 +16,7 @@ bit-identical. Every contender starts with the base in the page cache.
 Working files live in bench/_work/merge_lit/ and are deleted at the end
 (``--keep`` keeps them).
 
-Usage: python bench/merge_lit.py [--layers 16] [--keep]
+Usage: python bench/merge_lit.py [--layers 16] [--targets query,value] [--keep]
 """
 
 from __future__ import annotations
@@ -29,13 +29,13 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import gib, mib, run_measured, warm  # noqa: E402
+from _util import gib, mib, run_measured, warm
 
 WORK = Path(__file__).parent / "_work" / "merge_lit"
 FLAGS = ("query", "key", "value", "projection", "mlp", "head")
 
 
-def _config(n_layer: int, lora: bool):
+def _config(n_layer: int, lora: bool, targets: tuple[str, ...] = FLAGS):
     import litgpt
     import litgpt.lora
 
@@ -46,10 +46,10 @@ def _config(n_layer: int, lora: bool):
     )
     if not lora:
         return litgpt.Config(**kw)
-    return litgpt.lora.Config(**kw, lora_r=8, lora_alpha=16, lora_dropout=0.0, **{f"lora_{f}": True for f in FLAGS})
+    return litgpt.lora.Config(**kw, lora_r=8, lora_alpha=16, lora_dropout=0.0, **{f"lora_{f}": f in targets for f in FLAGS})
 
 
-def build(n_layer: int) -> tuple[Path, Path, int]:
+def build(n_layer: int, targets: tuple[str, ...] = FLAGS) -> tuple[Path, Path, int]:
     """(base_dir, final_dir, model bytes). Weights are tiled from one random block: cheap, non-trivial."""
     import torch
     import yaml
@@ -61,7 +61,7 @@ def build(n_layer: int) -> tuple[Path, Path, int]:
         d.mkdir(parents=True, exist_ok=True)
         (d / "tokenizer.json").write_text("{}")
         (d / "tokenizer_config.json").write_text("{}")
-    cfg = _config(n_layer, lora=True)
+    cfg = _config(n_layer, lora=True, targets=targets)
     with torch.device("meta"):
         meta = GPT(cfg)
     block = torch.randn(1 << 22, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16) * 0.02
@@ -84,7 +84,7 @@ def build(n_layer: int) -> tuple[Path, Path, int]:
     torch.save({"model": lora_sd}, final / "lit_model.pth.lora")
     save_config(cfg, final)
     hp = {"checkpoint_dir": str(base), "out_dir": str(final.parent), "precision": "bf16-true",
-          "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, **{f"lora_{f}": True for f in FLAGS}}
+          "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0, **{f"lora_{f}": f in targets for f in FLAGS}}
     (final / "hyperparameters.yaml").write_text(yaml.safe_dump(hp))
     (final / "prompt_style.yaml").write_text("class_path: litgpt.prompts.Alpaca\n")
     return base, final, sum(t.numel() * t.element_size() for t in base_sd.values())
@@ -113,12 +113,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--layers", type=int, default=16)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--targets", default=",".join(FLAGS),
+                    help="LoRA targets, comma-separated (LitGPT's finetune default is query,value)")
     args = ap.parse_args()
+    targets = tuple(t for t in args.targets.split(",") if t)
+    if not targets or set(targets) - set(FLAGS):
+        sys.exit(f"--targets: choose from {', '.join(FLAGS)}")
     py = sys.executable
     if WORK.exists():
         shutil.rmtree(WORK)
-    base, final, size = build(args.layers)
-    print(f"model: {args.layers} layers, {gib(size)} bf16 ({size:,} bytes); LoRA r=8 on q,k,v,proj,mlp,head")
+    base, final, size = build(args.layers, targets)
+    print(f"model: {args.layers} layers, {gib(size)} bf16 ({size:,} bytes); LoRA r=8 on {', '.join(targets)}")
     results = {}
     try:
         warm(base / "lit_model.pth")

@@ -131,7 +131,7 @@ def unwrap_copy(base: Path, dest: Path) -> Path:
 
 
 def assert_bit_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert list(sorted(got)) == list(sorted(want))
+    assert sorted(got) == sorted(want)
     for k, w in want.items():
         g = got[k]
         assert g.dtype == w.dtype, (k, g.dtype, w.dtype)

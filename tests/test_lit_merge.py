@@ -8,9 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from lit_merge_helpers import assert_bit_equal, build_lora_model, lit_config, litgpt_merge, make_adapter, make_base
-from lit_merge_helpers import make_run, unwrap_copy
+from lit_merge_helpers import (
+    assert_bit_equal,
+    build_lora_model,
+    lit_config,
+    litgpt_merge,
+    make_adapter,
+    make_base,
+    make_run,
+    unwrap_copy,
+)
 
 QKV_COMBOS = [("query",), ("key",), ("value",), ("query", "value"), ("query", "key"), ("key", "value"),
               ("query", "key", "value")]
@@ -34,6 +41,18 @@ def test_qkv_bit_exact_gqa(tmp_path, cli, flags, groups):
     assert_bit_equal(_ours(cli, final, tmp_path / "merged"), want)
 
 
+ALL_COMBOS = [tuple(f for i, f in enumerate(ALL) if mask >> i & 1) for mask in range(1, 64)]
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("index", range(len(ALL_COMBOS)), ids=lambda i: "+".join(x[:4] for x in ALL_COMBOS[i]))
+def test_every_target_combination_bit_exact(tmp_path, cli, index):
+    """All 63 non-empty subsets of q/k/v/projection/mlp/head; the GQA layout rotates through 1, 2, 4 groups."""
+    flags = ALL_COMBOS[index]
+    base, final = make_run(tmp_path, flags, n_query_groups=(1, 2, 4)[index % 3], seed=index)
+    assert_bit_equal(_ours(cli, final, tmp_path / "merged"), litgpt_merge(final, base, tmp_path))
+
+
 @pytest.mark.interop
 @pytest.mark.parametrize(
     "flags", [("projection",), ("mlp",), ("head",), ALL], ids=["proj", "mlp", "head", "all"]
@@ -41,8 +60,8 @@ def test_qkv_bit_exact_gqa(tmp_path, cli, flags, groups):
 @pytest.mark.parametrize(
     "base_dtype,lora_dtype",
     [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
-     (torch.float32, torch.bfloat16)],
-    ids=["fp32", "bf16", "bf16base-fp32lora", "fp32base-bf16lora"],
+     (torch.float32, torch.bfloat16), (torch.float16, torch.float16), (torch.bfloat16, torch.float16)],
+    ids=["fp32", "bf16", "bf16base-fp32lora", "fp32base-bf16lora", "fp16", "bf16base-fp16lora"],
 )
 def test_targets_and_dtypes_bit_exact(tmp_path, cli, flags, base_dtype, lora_dtype):
     base, final = make_run(tmp_path, flags, base_dtype=base_dtype, lora_dtype=lora_dtype, n_query_groups=2)
@@ -96,13 +115,16 @@ def test_default_output_beside_adapter_and_mmap_loadable(tmp_path, cli):
     assert res.code == 0, res.stderr
     assert out.stat().st_mtime_ns >= before
     assert_bit_equal(torch.load(out, weights_only=True), want)
+    # the merged final/ as --base would add the delta twice
+    res = cli("merge", final, "--base", final, "--out", tmp_path / "twice")
+    assert res.code == 6 and "delta twice" in res.stderr
 
 
 @pytest.mark.interop
 def test_out_dir_is_complete_checkpoint(tmp_path, cli):
     from litgpt.utils import check_valid_checkpoint_dir
 
-    base, final = make_run(tmp_path, ("query", "value"))
+    _base, final = make_run(tmp_path, ("query", "value"))
     out = tmp_path / "merged"
     res = cli("merge", final, "--out", out, "--quiet")
     assert res.code == 0, res.stderr
@@ -127,7 +149,7 @@ def test_dtype_override_and_safetensors_format(tmp_path, cli):
 
 @pytest.mark.interop
 def test_existing_output_needs_force(tmp_path, cli):
-    base, final = make_run(tmp_path, ("query",))
+    _base, final = make_run(tmp_path, ("query",))
     out = tmp_path / "m"
     out.mkdir()
     (out / "lit_model.pth").write_bytes(b"precious")
@@ -141,7 +163,7 @@ def test_existing_output_needs_force(tmp_path, cli):
 
 @pytest.mark.interop
 def test_dry_run_writes_nothing(tmp_path, cli):
-    base, final = make_run(tmp_path, ("query", "value"))
+    _base, final = make_run(tmp_path, ("query", "value"))
     res = cli("merge", final, "--out", tmp_path / "m", "--dry-run", "--json")
     assert res.code == 0, res.stderr
     summary = json.loads(res.stdout)
@@ -193,7 +215,7 @@ def test_mismatched_architecture_lists_all_problems(tmp_path, cli):
 def test_rank_disagreeing_with_hyperparameters_refused(tmp_path, cli):
     import yaml
 
-    base, final = make_run(tmp_path, ("query", "value"), r=2)
+    _base, final = make_run(tmp_path, ("query", "value"), r=2)
     hp = yaml.safe_load((final / "hyperparameters.yaml").read_text())
     hp["lora_r"] = 4
     (final / "hyperparameters.yaml").write_text(yaml.safe_dump(hp))
@@ -237,12 +259,13 @@ def test_output_never_replaces_an_input(tmp_path, cli):
 
 def test_plan_rejects_base_with_lora_tensors(tmp_path):
     """Plan-level check without the CLI: a "base" that still holds LoRA tensors is a training state."""
+    from ckpt_tool_lit.merge import plan_merge
+
     from ckpt_tool.errors import Refused
     from ckpt_tool.model import CheckpointInfo, TensorInfo
     from ckpt_tool.ops.merge_plan import MergeOptions
-    from ckpt_tool_lit.merge import plan_merge
 
-    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
+    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])
     adapter = CheckpointInfo("a", "lit", "adapter", "lora", tensors=[t("lm_head.lora_A", (2, 4)), t("lm_head.lora_B", (8, 2))],
                              lora={"r": 2, "alpha": 4, "head": True}, details={"dir": str(tmp_path)})
     base = CheckpointInfo("b", "lit", "model", tensors=[t("lm_head.weight", (8, 4)), t("lm_head.lora_A", (2, 4))])
@@ -273,12 +296,13 @@ def test_blocked_delta_still_bit_exact(tmp_path, cli, monkeypatch, dtype):
 
 def test_plan_refuses_unknown_qkv_targets_and_alpha(tmp_path):
     """Old checkpoints without hyperparameters: ambiguous q/k/v coverage or unknown alpha are refused, not guessed."""
+    from ckpt_tool_lit.merge import plan_merge
+
     from ckpt_tool.errors import Refused
     from ckpt_tool.model import CheckpointInfo, TensorInfo
     from ckpt_tool.ops.merge_plan import MergeOptions
-    from ckpt_tool_lit.merge import plan_merge
 
-    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
+    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])
     m = "transformer.h.0.attn.qkv"
     tensors = [t(f"{m}.lora_A", (4, 32)), t(f"{m}.lora_B", (64, 2))]
     cfg = {"n_head": 4, "n_query_groups": 4, "n_embd": 32}
@@ -326,3 +350,19 @@ def test_resharding_with_force_removes_stale_weights(tmp_path, cli):
     for f in shards:
         merged.update(load_file(out / f))
     assert_bit_equal(merged, litgpt_merge(final, base, tmp_path))
+
+
+def test_plan_refuses_legacy_attn_lora(tmp_path):
+    from ckpt_tool.errors import Refused
+    from ckpt_tool.model import CheckpointInfo, TensorInfo
+    from ckpt_tool.ops.merge_plan import MergeOptions
+    from ckpt_tool_lit.merge import plan_merge
+
+    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
+    m = "transformer.h.0.attn.attn"
+    adapter = CheckpointInfo("a", "lit", "adapter", "lora", tensors=[t(f"{m}.lora_A", (4, 32)), t(f"{m}.lora_B", (64, 2))],
+                             lora={"r": 2, "alpha": 4, "query": True, "value": True}, details={"dir": str(tmp_path)})
+    base = CheckpointInfo("b", "lit", "model", tensors=[t(f"{m}.weight", (96, 32))])
+    with pytest.raises(Refused, match="legacy fused attention") as exc:
+        plan_merge(adapter, base, MergeOptions())
+    assert "--upgrade-attn" in (exc.value.hint or "")

@@ -215,14 +215,11 @@ def test_exception_mid_write_leaves_nothing(tmp_path, kind):
 
 def test_incomplete_or_wrong_writes_rejected(tmp_path):
     specs = [TensorSpec("a", "F32", (2,)), TensorSpec("b", "F32", (2,))]
-    with pytest.raises(WriteError, match="only 1 of 2"):
-        with open_torch(tmp_path / "x.pth", specs) as w:
-            w.write("a", torch.ones(2))
-    with pytest.raises(WriteError, match="out of order"):
-        with open_safetensors(tmp_path / "x.safetensors", specs) as w:
-            w.write("b", torch.ones(2))
-    with pytest.raises(WriteError, match="announced"):
-        with open_safetensors(tmp_path / "x.safetensors", specs) as w:
-            w.write("a", torch.ones(2, dtype=torch.float16))
+    with pytest.raises(WriteError, match="only 1 of 2"), open_torch(tmp_path / "x.pth", specs) as w:
+        w.write("a", torch.ones(2))
+    with pytest.raises(WriteError, match="out of order"), open_safetensors(tmp_path / "x.safetensors", specs) as w:
+        w.write("b", torch.ones(2))
+    with pytest.raises(WriteError, match="announced"), open_safetensors(tmp_path / "x.safetensors", specs) as w:
+        w.write("a", torch.ones(2, dtype=torch.float16))
     assert not [p for p in tmp_path.iterdir()]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(TEMP_PREFIX)]

@@ -129,12 +129,6 @@ class TensorReader:
     def close(self) -> None:
         self._maps.clear()
 
-    def __enter__(self) -> TensorReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     stride, acc = [], 1

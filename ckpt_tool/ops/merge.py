@@ -202,7 +202,6 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
     Nothing is visible at the output paths until every tensor was written and
     fsynced; any exception (or Ctrl-C) removes the temp files.
     """
-    import torch
 
     pairs = output_specs(plan, out.fmt)
     specs = [s for _, s in pairs]
@@ -327,6 +326,12 @@ def build_plan(adapter_path: Path, options: MergeOptions, probe: Probe | None = 
     base = detect(base_path, probe)
     if base.kind != "model":
         raise Refused(f"{base_path} is an adapter, not a base model", "pass the base model with --base PATH")
+    mine = {os.path.realpath(f) for f in adapter.files}
+    if any(mine & {os.path.realpath(f) for f in c.files} for c in base.companions):
+        raise Refused(
+            f"{base_path} is this adapter's own merged model: merging into it would add the delta twice",
+            "pass the original base model with --base (hyperparameters.yaml checkpoint_dir records it)",
+        )
     plan = pm.hook.ckpt_merge_plan(adapter=adapter, base=base, options=options)
     if plan is None:
         raise Unsupported(
@@ -460,4 +465,4 @@ def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:
     return out
 
 
-__all__ = ["MergeOptions", "MergePlan", "Output", "build_plan", "decide_output", "execute", "merge", "dtype_name"]
+__all__ = ["MergeOptions", "MergePlan", "Output", "build_plan", "decide_output", "dtype_name", "execute", "merge"]

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import NotFound, Refused
 from ckpt_tool.io.container import read_container
-from ckpt_tool.model import CheckpointInfo, TensorInfo
+from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 from ckpt_tool_lit.config import qkv_sizes
 from ckpt_tool_lit.keys import lora_modules
@@ -210,8 +210,10 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     if legacy:
         raise Refused(
             f"{adapter.path} is a pre-0.5.5 LoRA on the legacy fused attention (attn.attn): its q/k/v deltas were "
-            "placed differently by era, so it cannot be merged into today's attn.qkv layout by renaming",
-            "upgrade the run first with 'ckpt-tool migrate' (it asks which era), then merge",
+            "placed differently by LitGPT era (formats.md §2.4) and the file does not record which, so it cannot be "
+            "merged into today's attn.qkv layout by renaming",
+            "merge it with the LitGPT release that trained it, then convert the merged model with "
+            "'ckpt-tool migrate --upgrade-attn'",
         )
     if any("lora_" in n for n in base_tensors):
         raise Refused(
@@ -484,7 +486,7 @@ def _qkv_change(
         if not all(enable):
             ind: list[int] = []
             if enable[0]:
-                ind.extend(range(0, q))
+                ind.extend(range(q))
             if enable[1]:
                 ind.extend(range(q, q + k))
             if enable[2]:
