@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ckpt_tool import render
-from ckpt_tool.ops import migrate as ops
-from ckpt_tool.ops.journal import mutation_count
+
+if TYPE_CHECKING:  # the migrate machinery loads when the command runs, not for --help or inspect
+    from ckpt_tool.ops import migrate as ops
 
 _ARROW = " \u2192 "
 
@@ -26,6 +27,7 @@ def _short(path: str | None, run: str) -> str:
 def _rows(
     steps: list[dict[str, Any]], left: list[dict[str, str]], status: dict[int, str] | None = None
 ) -> list[list[str]]:
+    from ckpt_tool.ops import migrate as ops
     rows = []
     for s in steps:
         if s["op"] == ops.MKDIR:
@@ -99,6 +101,7 @@ def register(app: typer.Typer) -> None:
         Without --apply nothing changes. With --apply every step is journaled in ROOT first, so an
         interrupted run resumes when started again, and --undo restores the original tree.
         """
+        from ckpt_tool.ops import migrate as ops
         if apply_ and undo:
             raise typer.BadParameter("--apply and --undo cannot be combined")
         n_jobs = jobs or (os.cpu_count() or 1)
@@ -124,6 +127,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _render_plan(plan: ops.Plan, json_out: bool) -> None:
+    from ckpt_tool.ops import migrate as ops
     status = None
     if plan.resuming:
         status = {s["i"]: ops.step_state(plan.root, s) for s in plan.steps}
@@ -167,6 +171,7 @@ def _render_plan(plan: ops.Plan, json_out: bool) -> None:
 
 
 def _render_outcome(outcome: ops.Outcome, json_out: bool, mode: str) -> None:
+    from ckpt_tool.ops.journal import mutation_count
     done = set(outcome.done)
     status = {s["i"]: ("done" if s["i"] in done else "") for s in outcome.plan.steps}
     for sk in outcome.skipped:

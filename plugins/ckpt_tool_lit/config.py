@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from ckpt_tool.errors import InvalidFile
 
@@ -53,6 +52,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     Raises:
         InvalidFile: unreadable, invalid YAML, a Python-object tag, or not a mapping.
     """
+    import yaml  # only when a YAML file is actually read (keeps inspect of a bare .pth lean)
+
     text = _read_text(path)
     try:
         data = yaml.safe_load(text)
