@@ -18,6 +18,7 @@ EXIT_INVALID = 4  # malformed, truncated or hostile file
 EXIT_UNSUPPORTED = 5  # valid but not supported (legacy torch, TorchScript, unknown tuner)
 EXIT_REFUSED = 6  # refused operation: incompatible inputs, would overwrite, not mergeable
 EXIT_CONFLICT = 7  # migrate plan conflicts, lock held
+EXIT_DIFFER = 8  # `diff`: the checkpoints differ (not an error; 0 = identical or within --atol)
 EXIT_INTERRUPTED = 130
 
 

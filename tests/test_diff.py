@@ -7,7 +7,7 @@ import json
 import torch
 from safetensors.torch import save_file
 
-from ckpt_tool.ops.diff import EXIT_DIFFER
+from ckpt_tool.errors import EXIT_DIFFER
 
 
 def _sd() -> dict[str, torch.Tensor]:

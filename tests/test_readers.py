@@ -260,3 +260,26 @@ def test_pickle_dag_bomb_is_fast(tmp_path: Path) -> None:
     tz = read_torch_zip(path)
     assert time.perf_counter() - t0 < 2
     assert tz.weights == {} and tz.other_tensors == 0
+
+
+def test_dtypes_without_typed_storages(tmp_path: Path) -> None:
+    """float8 and uint16/32/64 are saved as a byte storage + dtype (_rebuild_tensor_v3)."""
+    sd = {
+        "f8": torch.arange(6, dtype=torch.float32).to(torch.float8_e4m3fn).reshape(2, 3),
+        "f8b": torch.ones(4).to(torch.float8_e5m2),
+        "u16": torch.arange(5, dtype=torch.int32).to(torch.uint16)[1:],
+        "u32": torch.arange(3, dtype=torch.int32).to(torch.uint32),
+        "u64": torch.arange(2).to(torch.uint64),
+        "f32": torch.ones(2),
+    }
+    path = tmp_path / "m.pth"
+    torch.save(sd, path)
+    weights = read_torch_zip(path).weights
+    assert {k: (v.dtype, v.shape) for k, v in weights.items()} == {
+        "f8": ("F8_E4M3", (2, 3)), "f8b": ("F8_E5M2", (4,)), "u16": ("U16", (4,)), "u32": ("U32", (3,)),
+        "u64": ("U64", (2,)), "f32": ("F32", (2,)),
+    }
+    u16 = weights["u16"]
+    assert u16.storage_numel == 5 and u16.storage_offset == 1
+    begin, end = u16.byte_range
+    assert path.read_bytes()[begin:end] == sd["u16"].numpy().tobytes()

@@ -38,11 +38,6 @@ STORAGE_DTYPES: dict[str, str] = {
     "CharStorage": "I8",
     "ByteStorage": "U8",
     "BoolStorage": "BOOL",
-    "UInt16Storage": "U16",
-    "UInt32Storage": "U32",
-    "UInt64Storage": "U64",
-    "Float8_e4m3fnStorage": "F8_E4M3",
-    "Float8_e5m2Storage": "F8_E5M2",
     "ComplexFloatStorage": "C64",
 }
 DTYPE_STORAGES = {v: k for k, v in STORAGE_DTYPES.items()}
@@ -64,8 +59,12 @@ TORCH_DTYPES: dict[str, str] = {
     "int8": "I8",
     "uint8": "U8",
     "bool": "BOOL",
+    "uint16": "U16",
+    "uint32": "U32",
+    "uint64": "U64",
     "float8_e4m3fn": "F8_E4M3",
     "float8_e5m2": "F8_E5M2",
+    "complex64": "C64",
 }
 
 MAX_PICKLE_BYTES = 1 << 30
@@ -99,6 +98,7 @@ class TensorRef:
     storage_offset: int
     shape: tuple[int, ...]
     stride: tuple[int, ...]
+    dtype: str | None = None  # element dtype when it differs from the storage's (``_rebuild_tensor_v3``)
 
 
 def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *_rest: Any) -> TensorRef:
@@ -114,6 +114,17 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, *
     if len(shape) != len(strides):
         raise InvalidFile(f"tensor size {size!r} and stride {stride!r} disagree")
     return TensorRef(storage, storage_offset, shape, strides)
+
+
+def _rebuild_tensor_v3(
+    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_rest: Any
+) -> TensorRef:
+    """torch writes dtypes without a typed storage class (float8, uint16/32/64) as a byte storage plus a dtype."""
+    if not isinstance(dtype, DType):
+        raise InvalidFile(f"tensor rebuilt with an invalid dtype {dtype!r:.40}")
+    ref = _rebuild_tensor(storage, storage_offset, size, stride)
+    ref.dtype = TORCH_DTYPES[dtype.name]
+    return ref
 
 
 def _rebuild_parameter(data: Any, *_rest: Any) -> Any:
@@ -132,6 +143,8 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): _ordered_dict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch.storage", "UntypedStorage"): StorageType("U8"),
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("torch", "Size"): _torch_size,
@@ -300,18 +313,23 @@ def read_torch_zip(path: str | os.PathLike[str]) -> TorchZip:
                 if offset + expected > os.path.getsize(path):
                     raise InvalidFile(f"{path}: storage data/{st.key} runs past the end of the file", "the file is truncated")
                 storage_offsets[st.key] = offset
+            dtype = ref.dtype or st.dtype
+            storage_bytes = st.numel * DTYPE_SIZES[st.dtype]
+            if storage_bytes % DTYPE_SIZES[dtype]:
+                raise InvalidFile(f"{path}: tensor {name!r}: storage of {storage_bytes} bytes does not hold whole {dtype}")
+            storage_numel = storage_bytes // DTYPE_SIZES[dtype]
             extent = 0
             if all(ref.shape):
                 extent = ref.storage_offset + 1 + sum((d - 1) * s for d, s in zip(ref.shape, ref.stride))
-            if extent > st.numel:
+            if extent > storage_numel:
                 raise InvalidFile(f"{path}: tensor {name!r} reaches past the end of its storage")
             return TensorInfo(
                 name=name,
-                dtype=st.dtype,
+                dtype=dtype,
                 shape=ref.shape,
                 file=path,
                 data_offset=storage_offsets[st.key],
-                storage_numel=st.numel,
+                storage_numel=storage_numel,
                 storage_offset=ref.storage_offset,
                 stride=ref.stride,
                 storage_key=st.key,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ckpt_tool.errors import EXIT_DIFFER
 from ckpt_tool.io.container import Probe
 from ckpt_tool.io.tensors import TensorReader
 from ckpt_tool.model import DTYPE_NAMES, TensorInfo
@@ -22,8 +23,6 @@ from ckpt_tool.model import DTYPE_NAMES, TensorInfo
 if TYPE_CHECKING:
     import torch
 
-#: Exit code of ``ckpt-tool diff`` when the checkpoints differ (0 = identical or within --atol).
-EXIT_DIFFER = 8
 CHUNK_ELEMS = 1 << 22  # 4M elements per float64 scratch chunk: 32 MB
 
 

@@ -562,7 +562,9 @@ def _lora_summary(
             options = " or ".join(_parts(c) for c in candidates)
             warnings.append(
                 f"cannot tell which parts of attn.qkv the LoRA covers: {options} fit the shapes ({what}); "
-                "the old lit-gpt default was query+value — pass the targets explicitly when merging"
+                "the old lit-gpt default was query+value — record the lora_query/lora_key/lora_value flags in "
+                f"{_config.HYPERPARAMETERS} before merging ('ckpt-tool migrate' writes one with the old defaults "
+                "and says so)"
             )
     else:
         flags.update(dict.fromkeys(("query", "key", "value")))
@@ -585,7 +587,8 @@ def _lora_summary(
             warnings.append(
                 f"LoRA alpha is unknown: {why} and the tensors cannot tell. "
                 f"The old lit-gpt default was alpha={OLD_DEFAULT_ALPHA} (with r=8); nothing is assumed — "
-                "pass --alpha when merging"
+                f"record lora_alpha in {_config.HYPERPARAMETERS} before merging ('ckpt-tool migrate' writes one "
+                "with the old defaults and says so)"
             )
         else:
             warnings.append(f"{source} does not record lora_alpha; the merge scale alpha/r is unknown")
