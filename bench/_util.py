@@ -9,7 +9,9 @@ tool measured.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -87,3 +89,15 @@ def gib(n: int) -> str:
 
 def mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
+
+
+def time_process(cmd: list[str], repeat: int = 5, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``cmd`` ``repeat`` times; return (median, min) wall seconds. Fails loudly on non-zero exit."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0:
+            sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+    return statistics.median(times), min(times)

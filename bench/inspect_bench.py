@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import time_process  # noqa: E402
+from _util import time_process
 
 WORK = Path(__file__).parent / "_work" / "inspect"
 

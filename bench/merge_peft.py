@@ -28,11 +28,13 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _util import run_measured  # noqa: E402
+
 WORK = HERE / "_work" / "merge_peft"
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -40,48 +42,12 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 # ------------------------------------------------------------------------------- measurement
 
 
-def _rss_anon_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            return [int(x) for x in fh.read().split()]
-    except OSError:
-        return []
-
-
-def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
+def run_checked(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
     """Run ``cmd``; return (wall seconds, peak RssAnon bytes of the process tree). Fails loudly."""
-    peak = 0
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            pids = [proc.pid] + _children(proc.pid)
-            peak = max(peak, sum(_rss_anon_kb(p) for p in pids))
-            time.sleep(0.02)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    done.set()
-    th.join()
-    if proc.returncode != 0:
-        sys.exit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{out}\n{err}")
-    return wall, peak * 1024
+    m = run_measured(cmd, env=env)
+    if m.returncode != 0:
+        sys.exit(f"command failed ({m.returncode}): {' '.join(cmd)}\n{m.stdout}\n{m.stderr}")
+    return m.seconds, m.peak_anon
 
 
 # ------------------------------------------------------------------------------------ inputs
@@ -273,7 +239,7 @@ def main() -> None:
         for rnd in range(args.repeat):
             for label, (cmd, extra) in runs.items():
                 shutil.rmtree(WORK / outs[label], ignore_errors=True)
-                samples[label].append(run_measured(cmd, {**env, **extra}))
+                samples[label].append(run_checked(cmd, {**env, **extra}))
                 wall, peak = samples[label][-1]
                 print(
                     f"  [{rnd + 1}] {label:42s} {wall:7.2f} s   peak RssAnon {peak / 2**20:7.0f} MiB",

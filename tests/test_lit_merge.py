@@ -265,7 +265,8 @@ def test_plan_rejects_base_with_lora_tensors(tmp_path):
     from ckpt_tool.model import CheckpointInfo, TensorInfo
     from ckpt_tool.ops.merge_plan import MergeOptions
 
-    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])
+    def t(n, s):
+        return TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])
     adapter = CheckpointInfo("a", "lit", "adapter", "lora", tensors=[t("lm_head.lora_A", (2, 4)), t("lm_head.lora_B", (8, 2))],
                              lora={"r": 2, "alpha": 4, "head": True}, details={"dir": str(tmp_path)})
     base = CheckpointInfo("b", "lit", "model", tensors=[t("lm_head.weight", (8, 4)), t("lm_head.lora_A", (2, 4))])
@@ -302,7 +303,8 @@ def test_plan_refuses_unknown_qkv_targets_and_alpha(tmp_path):
     from ckpt_tool.model import CheckpointInfo, TensorInfo
     from ckpt_tool.ops.merge_plan import MergeOptions
 
-    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])
+    def t(n, s):
+        return TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])
     m = "transformer.h.0.attn.qkv"
     tensors = [t(f"{m}.lora_A", (4, 32)), t(f"{m}.lora_B", (64, 2))]
     cfg = {"n_head": 4, "n_query_groups": 4, "n_embd": 32}
@@ -353,12 +355,14 @@ def test_resharding_with_force_removes_stale_weights(tmp_path, cli):
 
 
 def test_plan_refuses_legacy_attn_lora(tmp_path):
+    from ckpt_tool_lit.merge import plan_merge
+
     from ckpt_tool.errors import Refused
     from ckpt_tool.model import CheckpointInfo, TensorInfo
     from ckpt_tool.ops.merge_plan import MergeOptions
-    from ckpt_tool_lit.merge import plan_merge
 
-    t = lambda n, s: TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
+    def t(n, s):
+        return TensorInfo(n, "F32", s, "x", 0, s[0] * s[1])  # noqa: E731
     m = "transformer.h.0.attn.attn"
     adapter = CheckpointInfo("a", "lit", "adapter", "lora", tensors=[t(f"{m}.lora_A", (4, 32)), t(f"{m}.lora_B", (64, 2))],
                              lora={"r": 2, "alpha": 4, "query": True, "value": True}, details={"dir": str(tmp_path)})

@@ -15,11 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("peft")
-pytest.importorskip("transformers")
-
+import torch
 from safetensors.torch import load_file, save_file
 
 from ckpt_tool.errors import Refused

@@ -8,13 +8,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_subprocess
 
 from ckpt_tool import hookimpl, hookspecs
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.inspect import detect
 from ckpt_tool.plugins import get_plugin_manager, list_plugins, reset_plugin_manager
-
-from cli_helpers import run_subprocess
 
 BUILTINS = {"lit", "peft", "safetensors"}
 MAGIC = b"FAKECKPT1"

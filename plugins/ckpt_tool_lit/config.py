@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from ckpt_tool.errors import InvalidFile
 
 HYPERPARAMETERS = "hyperparameters.yaml"

@@ -258,7 +258,7 @@ def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> l
     if targets or any(a.op == REPORT for a in actions):
         # a legacy run: list what is left behind so nothing goes unmentioned
         if targets:
-            for name, e in sorted(links.items()):
+            for _name, e in sorted(links.items()):
                 dest = os.readlink(e.path)
                 where = "outside ROOT" if not _inside(Path(e.path), root) else "inside ROOT"
                 report(Path(e.path), f"symlink to {dest} ({where}); not followed, left as is")
