@@ -180,9 +180,10 @@ def build_workspace(root: Path) -> dict[str, Path]:
     r2 = runs / "2024-03-dolly-lora"
     _write_lit_dir(r2 / "final", config=None)
     torch.save(_lit_lora_state(gen, bf16), r2 / "final" / "lit_model.pth")
-    (r2 / "iter-000400").mkdir()
+    _write_lit_dir(r2 / "iter-000400", config=None)
     torch.save(_lit_lora_state(gen, bf16), r2 / "iter-000400" / "lit_model.pth")
-    (r2 / "final" / "lit_config.json").write_text(json.dumps(old_cfg, indent=2))
+    for folder in ("final", "iter-000400"):
+        (r2 / folder / "lit_config.json").write_text(json.dumps(old_cfg, indent=2))
     r3 = runs / "2024-09-current"
     _write_lit_dir(r3 / "final")
     torch.save({"model": _lit_lora_state(gen, bf16)}, r3 / "final" / "lit_model.pth.lora")
