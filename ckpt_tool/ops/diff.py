@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import EXIT_DIFFER
 from ckpt_tool.io.container import Probe
+from ckpt_tool.io.malloc import release_large_blocks
 from ckpt_tool.io.tensors import TensorReader
 from ckpt_tool.model import DTYPE_NAMES, TensorInfo
 
@@ -147,6 +148,7 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], atol: float | 
     ta = {t.name: t for t in ia.tensors}
     tb = {t.name: t for t in ib.tensors}
     result = DiffResult(str(a), str(b), atol)
+    release_large_blocks()
     reader = TensorReader()
     try:
         for name, x in ta.items():

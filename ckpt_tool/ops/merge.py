@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ckpt_tool.errors import NotFound, Refused, Unsupported
 from ckpt_tool.io.atomic import atomic_write
 from ckpt_tool.io.container import Probe
+from ckpt_tool.io.malloc import release_large_blocks
 from ckpt_tool.io.tensors import DTYPE_ALIASES, TensorReader, dtype_name, torch_dtype
 from ckpt_tool.io.writers import (
     SAFETENSORS_INDEX,
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 LIT_WEIGHTS = "lit_model.pth"
 DEFAULT_SHARD = "5GB"
 #: Computed tensors waiting for the writer thread, at most (bytes); at least one tensor always fits.
-WRITE_BEHIND_BYTES = 256 * 2**20
+WRITE_BEHIND_BYTES = 64 * 2**20
 FORMATS = ("lit", "safetensors")
 
 
@@ -205,6 +206,7 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
 
     pairs = output_specs(plan, out.fmt)
     specs = [s for _, s in pairs]
+    release_large_blocks()
     counts = {"changed": 0, "copied": 0, "converted": 0, "dropped": len(plan.drop & {t.name for t in plan.base.tensors})}
     reader = TensorReader()
     fds: dict[str, int] = {}
