@@ -141,16 +141,6 @@ COPY_SCRIPT = textwrap.dedent(
     """
 )
 
-OURS_API_SCRIPT = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-    from ckpt_tool.ops.merge import merge
-    adapter, base, out = sys.argv[1:4]
-    merge(Path(adapter), base=Path(base), out=Path(out))
-    """
-)
-
 COMPARE_SCRIPT = textwrap.dedent(
     """
     import glob, os, sys
@@ -177,24 +167,12 @@ COMPARE_SCRIPT = textwrap.dedent(
 )
 
 
-def ckpt_tool_cmd(adapter: Path, base: Path, out: Path) -> tuple[list[str], dict[str, str]]:
-    """The ``ckpt-tool merge`` command line, or the same operation through its Python API while the
-    command is not registered yet; restricted to the plugins whose detectors exist (a work in progress
-    tree may lack one)."""
-    import importlib.util
-
-    from ckpt_tool.cli import COMMANDS
-
-    env: dict[str, str] = {}
-    if any(
-        importlib.util.find_spec(f"{p}.detect") is None
-        for p in ("ckpt_tool_lit", "ckpt_tool_peft", "ckpt_tool_safetensors")
-    ):
-        env["CKPT_TOOL_PLUGINS"] = "peft,safetensors"
+def ckpt_tool_cmd(adapter: Path, base: Path, out: Path) -> list[str]:
+    """The ``ckpt-tool merge`` command line (the installed console script)."""
     exe = shutil.which("ckpt-tool")
-    if exe and "ckpt_tool.commands.merge" in COMMANDS:
-        return [exe, "merge", str(adapter), "--base", str(base), "--out", str(out), "--quiet"], env
-    return [sys.executable, "-c", OURS_API_SCRIPT, str(adapter), str(base), str(out)], env
+    if exe is None:
+        sys.exit("ckpt-tool is not on PATH: pip install -e . first")
+    return [exe, "merge", str(adapter), "--base", str(base), "--out", str(out), "--quiet"]
 
 
 def main() -> None:
@@ -218,19 +196,18 @@ def main() -> None:
             f"adapter {(adapter / 'adapter_model.safetensors').stat().st_size / 1e6:.1f} MB fp32 r={args.rank}; "
             f"built in {time.perf_counter() - t0:.1f} s"
         )
-        ours_cmd, ours_env = ckpt_tool_cmd(adapter, base, WORK / "out_ours")
+        ours_cmd = ckpt_tool_cmd(adapter, base, WORK / "out_ours")
         runs = {
             "copy + fsync (I/O floor)": (
                 [sys.executable, "-c", COPY_SCRIPT, str(base / "model.safetensors"), str(WORK / "out_copy")],
                 {},
             ),
-            "ckpt-tool merge": (ours_cmd, ours_env),
+            "ckpt-tool merge": (ours_cmd, {}),
             "peft merge_and_unload + save_pretrained": (
                 [sys.executable, "-c", PEFT_SCRIPT, str(base), str(adapter), str(WORK / "out_peft")],
                 {},
             ),
         }
-        print(f"ckpt-tool command: {' '.join(ours_cmd[:2])}... {ours_env or ''}")
         # Rounds interleave the contenders so that load from other processes on a shared machine hits
         # them alike; outputs are removed before each run (ckpt-tool refuses to overwrite).
         samples: dict[str, list[tuple[float, int]]] = {label: [] for label in runs}

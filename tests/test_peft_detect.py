@@ -26,18 +26,6 @@ from ckpt_tool.io.container import Probe
 from ckpt_tool.ops.inspect import detect
 
 
-@pytest.fixture(autouse=True)
-def _plugins(monkeypatch):
-    """Use every plugin when the LitGPT detector exists; until then only the two under test."""
-    from ckpt_tool.plugins import reset_plugin_manager
-
-    try:
-        import ckpt_tool_lit.detect  # noqa: F401
-    except ImportError:
-        monkeypatch.setenv("CKPT_TOOL_PLUGINS", "peft,safetensors")
-    reset_plugin_manager()
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:
     """Real adapters, built once per module (peft + transformers are slow to drive)."""

@@ -16,18 +16,6 @@ from ckpt_tool.errors import InvalidFile, NotFound, Unsupported
 from ckpt_tool.ops.inspect import detect
 
 
-@pytest.fixture(autouse=True)
-def _plugins(monkeypatch):
-    """Use every plugin when the LitGPT detector exists; until then only peft + this one."""
-    from ckpt_tool.plugins import reset_plugin_manager
-
-    try:
-        import ckpt_tool_lit.detect  # noqa: F401
-    except ImportError:
-        monkeypatch.setenv("CKPT_TOOL_PLUGINS", "peft,safetensors")
-    reset_plugin_manager()
-
-
 @pytest.fixture(scope="module")
 def sharded_src(tmp_path_factory) -> Path:
     model = tiny_llama()

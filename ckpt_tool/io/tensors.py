@@ -14,30 +14,10 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import InvalidFile, Unsupported
-from ckpt_tool.model import TensorInfo
+from ckpt_tool.model import DTYPE_NAMES, TensorInfo
 
 if TYPE_CHECKING:
     import torch
-
-# safetensors dtype name -> torch dtype attribute name
-TORCH_DTYPE_ATTR: dict[str, str] = {
-    "BOOL": "bool",
-    "U8": "uint8",
-    "I8": "int8",
-    "I16": "int16",
-    "U16": "uint16",
-    "I32": "int32",
-    "U32": "uint32",
-    "I64": "int64",
-    "U64": "uint64",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "F32": "float32",
-    "F64": "float64",
-    "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2",
-    "C64": "complex64",
-}
 
 # Friendly spellings accepted on the command line (--dtype) -> safetensors name.
 DTYPE_ALIASES: dict[str, str] = {
@@ -59,7 +39,7 @@ def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     try:
-        return getattr(torch, TORCH_DTYPE_ATTR[name])
+        return getattr(torch, DTYPE_NAMES[name])
     except (KeyError, AttributeError):
         raise Unsupported(f"dtype {name} is not supported by this torch") from None
 
@@ -67,7 +47,7 @@ def torch_dtype(name: str) -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     """The safetensors dtype name for a torch dtype (inverse of ``torch_dtype``)."""
     attr = str(dtype).removeprefix("torch.")
-    for name, a in TORCH_DTYPE_ATTR.items():
+    for name, a in DTYPE_NAMES.items():
         if a == attr:
             return name
     raise Unsupported(f"dtype {dtype} has no safetensors equivalent")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import Conflict, InvalidFile
+from ckpt_tool.io.atomic import fsync_dir
 
 JOURNAL_NAME = ".ckpt-tool-migrate.journal"
 LOCK_NAME = ".ckpt-tool-migrate.lock"
@@ -59,14 +60,6 @@ def mutated() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fsync_dir(path: str | os.PathLike[str]) -> None:
-    fd = os.open(os.fspath(path), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

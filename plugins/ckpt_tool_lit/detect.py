@@ -24,7 +24,7 @@ from ckpt_tool.errors import CkptError, InvalidFile, NotFound
 from ckpt_tool.io import sniff as _sniff
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool_lit import config as _config
-from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify
+from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, module_kind
 
 FORMAT = "lit"
 BASE_NAME = "lit_model.pth"
@@ -402,18 +402,6 @@ def _adapter_facts(tensors: dict[str, TensorInfo], cls: str) -> dict[str, Any]:
 # LoRA: rank, alpha and targets
 
 
-def _module_kind(mod: str) -> str:
-    if mod.endswith((".attn.qkv", ".attn.attn")):
-        return "qkv"
-    if mod.endswith(".attn.proj"):
-        return "projection"
-    if mod == "lm_head":
-        return "head"
-    if ".mlp." in mod:
-        return "mlp"
-    return "other"
-
-
 def _setting(sources: list[dict[str, Any]], *names: str) -> Any:
     for src in sources:
         for name in names:
@@ -477,7 +465,7 @@ def _lora_summary(
                           "(an empty or flattened save, e.g. un-gathered ZeRO-3 shards)")
             continue
         r = b.shape[1]
-        kind = _module_kind(mod)
+        kind = module_kind(mod)
         if a.shape[0] % r:
             broken.append(f"{mod}: lora_A has {a.shape[0]} rows, not a multiple of the rank {r} from lora_B")
             continue

@@ -70,3 +70,19 @@ def lora_modules(keys: Iterable[str]) -> list[str]:
         if _LORA_RE.search(k):
             seen[k.rsplit(".", 1)[0]] = None
     return list(seen)
+
+
+def module_kind(module: str) -> str:
+    """Which LoRA target a LitGPT module is: the ``lora_*`` flag names (qkv, projection, mlp, head) or other.
+
+    ``attn.attn`` is the pre-0.5.5 name of the fused qkv projection.
+    """
+    if module.endswith((".attn.qkv", ".attn.attn")):
+        return "qkv"
+    if module.endswith(".attn.proj"):
+        return "projection"
+    if module == "lm_head":
+        return "head"
+    if ".mlp." in module:
+        return "mlp"
+    return "other"

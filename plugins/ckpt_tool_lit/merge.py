@@ -30,7 +30,7 @@ from ckpt_tool.io.container import read_container
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 from ckpt_tool_lit.config import qkv_sizes
-from ckpt_tool_lit.keys import lora_modules
+from ckpt_tool_lit.keys import lora_modules, module_kind
 
 if TYPE_CHECKING:
     import torch
@@ -95,18 +95,6 @@ def find_base(adapter: CheckpointInfo) -> Path | None:
 
 def _flag(lora: dict[str, Any], name: str) -> bool:
     return bool(lora.get(name))
-
-
-def _kind(module: str) -> str:
-    if module.endswith(".attn.qkv"):
-        return "qkv"
-    if module.endswith(".attn.proj"):
-        return "projection"
-    if module == "lm_head":
-        return "head"
-    if ".mlp." in module:
-        return "mlp"
-    return "other"
 
 
 _LAYER = re.compile(r"\.h\.(\d+)\.")
@@ -250,7 +238,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         raise Refused(f"{adapter.path}: invalid lora_r {r_cfg!r} in hyperparameters.yaml")
     r = r_cfg
     scaling = alpha / r
-    has_qkv = any(_kind(m) == "qkv" for m in modules)
+    has_qkv = any(module_kind(m) == "qkv" for m in modules)
     if has_qkv and any(lora.get(f) is None for f in ("query", "key", "value")):
         raise Refused(
             f"{adapter.path}: cannot tell which of query/key/value the attn.qkv LoRA covers (no "
@@ -283,7 +271,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             continue
         if len(a.shape) != 2 or len(b.shape) != 2 or len(w.shape) != 2:
             continue
-        kind = _kind(m)
+        kind = module_kind(m)
         if kind == "qkv":
             n_enabled = sum(enable)
             if not n_enabled:
@@ -330,7 +318,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         if not w_name.endswith(".weight") or len(w.shape) != 2:
             continue
         m = w_name[: -len(".weight")]
-        kind = _kind(m)
+        kind = module_kind(m)
         expected = any(enable) if kind == "qkv" else flags.get(kind, False)
         if kind == "mlp" and not _MLP_LINEAR.search(m):
             continue

@@ -558,6 +558,18 @@ def _info(ad: _Adapter) -> AdapterInfo:
     )
 
 
+def _details(ad: _Adapter) -> dict[str, Any]:
+    """What the merge plan needs of one adapter (plugin-private, in ``CheckpointInfo.details``)."""
+    return {
+        "config": ad.config,
+        "dir": str(ad.dir.absolute()),
+        "weights": str(ad.weights.absolute()),
+        "modules": ad.modules,
+        "full_tensors": ad.full,
+        "repairs": ad.repairs,
+    }
+
+
 def detect(path: Path, probe: Any) -> CheckpointInfo | None:
     """Describe the PEFT adapter(s) at ``path`` (a dir, its config or its weights file), or None."""
     path = Path(path)
@@ -614,23 +626,8 @@ def detect(path: Path, probe: Any) -> CheckpointInfo | None:
         metadata=metadata,
         description=description,
         details={
-            "config": top.config,
+            **_details(top),
             "adapter_name": top.name,
-            "dir": str(top.dir.absolute()),
-            "weights": str(top.weights.absolute()),
-            "modules": top.modules,
-            "full_tensors": top.full,
-            "repairs": top.repairs,
-            "adapters": {
-                ad.name: {
-                    "config": ad.config,
-                    "dir": str(ad.dir.absolute()),
-                    "weights": str(ad.weights.absolute()),
-                    "modules": ad.modules,
-                    "full_tensors": ad.full,
-                    "repairs": ad.repairs,
-                }
-                for ad in adapters
-            },
+            "adapters": {ad.name: _details(ad) for ad in adapters},
         },
     )
