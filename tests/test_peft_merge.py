@@ -8,8 +8,6 @@ base and adapter, and compares our merge bit for bit with what PEFT's merged mod
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ckpt_tool.errors import Refused
-from ckpt_tool.io.container import read_container
 from ckpt_tool.model import CheckpointInfo
+from ckpt_tool.ops.inspect import detect
+from ckpt_tool.ops.merge import Output, execute
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 
 pytestmark = pytest.mark.interop
@@ -103,63 +102,16 @@ def reference(tmp: Path, base_dir: Path, ad_dir: Path, dtype: torch.dtype) -> di
 # ------------------------------------------------------------------------- detection / engine
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-ALL_DETECTORS = ("ckpt_tool_lit.detect", "ckpt_tool_peft.detect", "ckpt_tool_safetensors.detect")
-
-
-def _detect_with(plugin: str, path: Path) -> CheckpointInfo | None:
-    """Detect through ``ops.inspect.detect`` once every built-in detector exists, else through the
-    plugin's own detector if it exists, else ``None`` (the caller builds the record by hand)."""
-    if all(_has(m) for m in ALL_DETECTORS):
-        from ckpt_tool.ops.inspect import detect
-
-        return detect(path)
-    if _has(f"{plugin}.detect"):
-        from ckpt_tool.io.container import Probe
-
-        mod = importlib.import_module(f"{plugin}.detect")
-        return mod.detect(path, Probe())
-    return None
-
-
 def detect_adapter(path: Path) -> CheckpointInfo:
-    info = _detect_with("ckpt_tool_peft", path)
-    if info is not None:
-        assert info.format == "peft" and info.kind == "adapter"
-        return info
-    weights = path / "adapter_model.safetensors"
-    cfg = json.loads((path / "adapter_config.json").read_text())
-    return CheckpointInfo(
-        path=str(path),
-        format="peft",
-        kind="adapter",
-        adapter_type="lora",
-        files=[str(weights)],
-        tensors=list(read_container(weights).tensors.values()),
-        details={"config": cfg, "adapter_name": "default", "dir": str(path), "weights": str(weights)},
-    )
+    info = detect(path)
+    assert info.format == "peft" and info.kind == "adapter"
+    return info
 
 
 def detect_base(path: Path) -> CheckpointInfo:
-    info = _detect_with("ckpt_tool_safetensors", path)
-    if info is not None:
-        assert info.kind == "model"
-        return info
-    weights = path / "model.safetensors"
-    return CheckpointInfo(
-        path=str(path),
-        format="safetensors",
-        kind="model",
-        files=[str(weights)],
-        tensors=list(read_container(weights).tensors.values()),
-        details={"config": json.loads((path / "config.json").read_text()), "dir": str(path)},
-    )
+    info = detect(path)
+    assert info.kind == "model"
+    return info
 
 
 def plan_for(base_dir: Path, ad_dir: Path, **opts: Any) -> MergePlan:
@@ -169,7 +121,7 @@ def plan_for(base_dir: Path, ad_dir: Path, **opts: Any) -> MergePlan:
 
 
 def apply_plan(plan: MergePlan) -> dict[str, torch.Tensor]:
-    """A minimal in-memory applier of the MergePlan contract (fallback until the engine is testable here)."""
+    """The MergePlan contract read plainly, all in memory: a cross-check of the streaming engine."""
     from safetensors import safe_open
 
     files: dict[str, Any] = {}
@@ -213,10 +165,6 @@ def ours(tmp: Path, base_dir: Path, ad_dir: Path, **opts: Any) -> dict[str, torc
     plan = plan_for(base_dir, ad_dir, **opts)
     assert plan.layout == "hf"
     assert {p.name for p in plan.copy_files} == {"config.json", "generation_config.json"}
-    if not _has("ckpt_tool.ops.merge"):
-        return apply_plan(plan)
-    from ckpt_tool.ops.merge import Output, execute
-
     out = tmp / f"ours-{len(list(tmp.glob('ours-*')))}"
     execute(plan, Output("safetensors", out, copy_files=list(plan.copy_files), copy_dir=out))
     assert (out / "config.json").read_bytes() == (base_dir / "config.json").read_bytes()
@@ -313,6 +261,22 @@ def test_embedding_dora(tmp_path):
         {"r": 4, "lora_alpha": 8, "use_dora": True, "target_modules": ["embed_tokens", "k_proj"]},
     )
     check(tmp_path, b, a, torch.bfloat16, changed=3)
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2"])
+def test_row_blocks_and_reused_buffers_keep_the_bits(tmp_path, monkeypatch, model):
+    """The base is upcast and added a few rows at a time into reused scratch buffers; with blocks of 2-3
+    rows, modules of several shapes after one another and fan_in_fan_out, not one bit may change."""
+    import ckpt_tool_peft.merge as peft_merge
+
+    monkeypatch.setattr(peft_merge, "ADD_BLOCK_ELEMS", 100)
+    if model == "llama":
+        b, a = make_case(tmp_path, llama(), torch.bfloat16, {"r": 4, "lora_alpha": 16, "target_modules": ALL_LINEAR})
+        check(tmp_path, b, a, torch.bfloat16, changed=14)
+    else:
+        kw = {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_proj", "c_fc"], "fan_in_fan_out": True}
+        b, a = make_case(tmp_path, gpt2(), torch.bfloat16, kw)
+        check(tmp_path, b, a, torch.bfloat16, changed=8)
 
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
@@ -584,17 +548,7 @@ def test_find_base(simple, tmp_path):
 # ------------------------------------------------------------------------- operation and CLI
 
 
-@pytest.fixture
-def only_ready_plugins(monkeypatch):
-    """Through ``ops.inspect.detect``: all built-ins once their detectors exist, else only peft + safetensors."""
-    from ckpt_tool.plugins import reset_plugin_manager
-
-    if not all(_has(m) for m in ALL_DETECTORS):
-        monkeypatch.setenv("CKPT_TOOL_PLUGINS", "peft,safetensors")
-    reset_plugin_manager()
-
-
-def test_merge_operation_finds_local_base(tmp_path, only_ready_plugins):
+def test_merge_operation_finds_local_base(tmp_path):
     from ckpt_tool.ops.merge import merge
 
     kw = {
@@ -623,7 +577,7 @@ def test_merge_operation_finds_local_base(tmp_path, only_ready_plugins):
     assert not (tmp_path / "merged2" / "model.safetensors").exists()
 
 
-def test_cli_merge(tmp_path, cli, only_ready_plugins):
+def test_cli_merge(tmp_path, cli):
     from ckpt_tool.cli import COMMANDS
 
     if "ckpt_tool.commands.merge" not in COMMANDS:

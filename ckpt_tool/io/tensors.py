@@ -67,11 +67,14 @@ class TensorReader:
 
     def __init__(self) -> None:
         self._maps: dict[str, Any] = {}  # realpath -> uint8 tensor over the whole file
+        self._real: dict[str, str] = {}  # path as given -> realpath (which lstats every component, per call)
 
     def _file_bytes(self, path: str) -> torch.Tensor:
         import torch
 
-        key = os.path.realpath(path)
+        key = self._real.get(path)
+        if key is None:
+            key = self._real[path] = os.path.realpath(path)
         if key not in self._maps:
             size = os.path.getsize(key)
             if size == 0:
@@ -108,6 +111,35 @@ class TensorReader:
 
     def close(self) -> None:
         self._maps.clear()
+
+
+class Scratch:
+    """Reusable buffers for intermediate results of merge math, one per named slot.
+
+    A fresh multi-MiB tensor costs a page fault per 4 KiB on first touch (the
+    1 MiB mmap threshold in ``malloc.py`` returns freed blocks to the OS), which
+    made allocation half the time of a PEFT linear merge. A slot's buffer grows
+    to the largest request and is reused for every later tensor. Never hand a
+    scratch view onward as a result: the next request overwrites it. Not
+    thread-safe; change functions run on the engine's one compute thread.
+    """
+
+    def __init__(self) -> None:
+        self._bufs: dict[str, Any] = {}
+
+    def get(self, slot: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised contiguous tensor of ``shape``/``dtype`` backed by slot ``slot``."""
+        import torch
+
+        numel = 1
+        for n in shape:
+            numel *= n
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        buf = self._bufs.get(slot)
+        if buf is None or buf.numel() < nbytes:
+            self._bufs[slot] = buf = None  # free the old one before allocating the bigger one
+            self._bufs[slot] = buf = torch.empty(nbytes, dtype=torch.uint8)
+        return buf[:nbytes].view(dtype).view(shape)
 
 
 def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
