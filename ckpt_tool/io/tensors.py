@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import InvalidFile, Unsupported
+from ckpt_tool.io.torchzip import TORCH_DTYPES
 from ckpt_tool.model import DTYPE_NAMES, TensorInfo
 
 if TYPE_CHECKING:
@@ -46,11 +47,10 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def dtype_name(dtype: torch.dtype) -> str:
     """The safetensors dtype name for a torch dtype (inverse of ``torch_dtype``)."""
-    attr = str(dtype).removeprefix("torch.")
-    for name, a in DTYPE_NAMES.items():
-        if a == attr:
-            return name
-    raise Unsupported(f"dtype {dtype} has no safetensors equivalent")
+    try:
+        return TORCH_DTYPES[str(dtype).removeprefix("torch.")]
+    except KeyError:
+        raise Unsupported(f"dtype {dtype} has no safetensors equivalent") from None
 
 
 def is_float(name: str) -> bool:

@@ -31,7 +31,7 @@ from ckpt_tool.errors import NotFound, Refused, Unsupported
 from ckpt_tool.io.atomic import atomic_write
 from ckpt_tool.io.container import Probe
 from ckpt_tool.io.malloc import release_large_blocks
-from ckpt_tool.io.tensors import DTYPE_ALIASES, TensorReader, dtype_name, torch_dtype
+from ckpt_tool.io.tensors import TensorReader, torch_dtype
 from ckpt_tool.io.writers import (
     SAFETENSORS_INDEX,
     TensorSpec,
@@ -40,7 +40,7 @@ from ckpt_tool.io.writers import (
     output_files,
     parse_size,
 )
-from ckpt_tool.model import DTYPE_SIZES, CheckpointInfo, TensorInfo
+from ckpt_tool.model import DTYPE_NAMES, DTYPE_SIZES, CheckpointInfo, TensorInfo
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 
 if TYPE_CHECKING:
@@ -282,15 +282,6 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
 # --- the operation ---------------------------------------------------------------------------------
 
 
-def _resolve_dtype(dtype: str) -> str:
-    if dtype == "auto":
-        return "auto"
-    name = DTYPE_ALIASES.get(dtype.lower())
-    if name is None:
-        raise Refused(f"unknown --dtype {dtype!r}", "use auto, bf16, fp16 or fp32")
-    return name
-
-
 def _adapter_of(info: CheckpointInfo) -> CheckpointInfo:
     """The adapter at a path; a merged ``final/`` reports its adapter as a companion."""
     if info.kind == "adapter":
@@ -388,7 +379,7 @@ def merge(
     """
     started = time.perf_counter()
     options = MergeOptions(
-        dtype=_resolve_dtype(dtype),
+        dtype=dtype,
         adapter_name=adapter_name,
         base=base,
         extra={"out": out, "force": force, "format": fmt},
@@ -458,8 +449,6 @@ def _stale_weights(target: Output, files: list[Path]) -> list[Path]:
 
 
 def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:
-    from ckpt_tool.model import DTYPE_NAMES
-
     out: dict[str, int] = {}
     for s in specs:
         key = DTYPE_NAMES.get(s.dtype, s.dtype)
@@ -467,4 +456,4 @@ def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:
     return out
 
 
-__all__ = ["MergeOptions", "MergePlan", "Output", "build_plan", "decide_output", "dtype_name", "execute", "merge"]
+__all__ = ["MergeOptions", "MergePlan", "Output", "build_plan", "decide_output", "execute", "merge"]

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ckpt_tool.errors import Refused
+from ckpt_tool.io.tensors import DTYPE_ALIASES
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,7 +30,8 @@ if TYPE_CHECKING:
 
 #: Loads a tensor of the adapter (or any other input) by its name, as a torch tensor (read-only view, original dtype).
 AdapterLoader = Callable[[str], "torch.Tensor"]
-#: ``change(base_tensor, load) -> merged tensor`` already in the output dtype and the base's shape.
+#: ``change(base_tensor, load) -> merged tensor`` in the base's shape, in whatever dtype the peer's math
+#: ends in; the engine casts it to the plan's ``out_dtype`` (a plain ``.to``) when that differs.
 #: ``base_tensor`` is a read-only view in the base's dtype; never modify it in place.
 Change = Callable[["torch.Tensor", AdapterLoader], "torch.Tensor"]
 
@@ -36,11 +40,24 @@ Change = Callable[["torch.Tensor", AdapterLoader], "torch.Tensor"]
 class MergeOptions:
     """What the user asked for on the command line."""
 
-    dtype: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"
+    dtype: str = "auto"  # "auto", or any spelling of bf16 / fp16 / fp32; stored as "auto" | "BF16" | "F16" | "F32"
     adapter_name: str | None = None  # PEFT multi-adapter dirs
     base: Path | None = None  # --base, if given
     # Also set by ``merge``: "out" (Path | None, --out), "force" (bool, --force), "format" (str | None).
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # One spelling for every plugin: the safetensors dtype name, or "auto".
+        if self.dtype != "auto":
+            name = DTYPE_ALIASES.get(str(self.dtype).lower())
+            if name is None:
+                raise Refused(f"unknown --dtype {self.dtype!r}", "use auto, bf16, fp16 or fp32")
+            self.dtype = name
+
+    @property
+    def out_dtype(self) -> str | None:
+        """The requested output dtype (safetensors name), or None for the peer's default."""
+        return None if self.dtype == "auto" else self.dtype
 
 
 @dataclass

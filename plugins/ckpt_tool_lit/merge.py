@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import NotFound, Refused
 from ckpt_tool.io.container import read_container
-from ckpt_tool.model import CheckpointInfo
+from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 from ckpt_tool_lit.config import qkv_sizes
 from ckpt_tool_lit.keys import lora_modules, module_kind
@@ -329,15 +329,13 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     problems.raise_if_any(adapter, base)
 
     # Output dtypes: LitGPT casts every floating tensor to the LoRA dtype; --dtype casts that result.
-    want = options.dtype if options.dtype and options.dtype != "auto" else None
+    want = options.out_dtype
     out_dtype = {}
     for t in base.tensors:
         if t.dtype in FLOAT_DTYPES:
             out_dtype[t.name] = want or lora_dtype
         else:
             out_dtype[t.name] = t.dtype
-    if want:
-        changes = {n: _then_cast(fn, want) for n, fn in changes.items()}
 
     adapter_dir = Path(details.get("dir") or Path(adapter.path))
     if adapter_dir.is_file():
@@ -360,8 +358,6 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             if (d / name).is_file():
                 copy_files.append(d / name)
                 break
-
-    from ckpt_tool.model import DTYPE_NAMES
 
     summary = {
         "lora": {
@@ -393,15 +389,6 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
 
 
 # --- the math (LitGPT's, op for op) ----------------------------------------------------------------
-
-
-def _then_cast(fn: Any, dtype: str) -> Any:
-    def change(w: torch.Tensor, load: Any) -> torch.Tensor:
-        from ckpt_tool.io.tensors import torch_dtype
-
-        return fn(w, load).to(torch_dtype(dtype))
-
-    return change
 
 
 #: The base weight is added in row blocks of at most this many elements, so merging a 32000 x 4096

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import InvalidFile, NotFound, Refused
 from ckpt_tool.io.container import read_container
-from ckpt_tool.io.tensors import Scratch
+from ckpt_tool.io.tensors import Scratch, torch_dtype
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan
 
@@ -43,14 +43,6 @@ PREFIX = "base_model.model."
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
-OUT_DTYPES = {
-    "bf16": "BF16",
-    "fp16": "F16",
-    "fp32": "F32",
-    "bfloat16": "BF16",
-    "float16": "F16",
-    "float32": "F32",
-}
 # The modules of these architectures are transformers' ``Conv1D`` (weight stored as (in, out)); PEFT
 # forces fan_in_fan_out=True for them whatever the config says. Only needed for square weights,
 # where the shapes alone cannot tell Linear from Conv1D.
@@ -246,17 +238,6 @@ def _scaling(cfg: dict[str, Any], module: str) -> tuple[int, float, float]:
 # ------------------------------------------------------------------------------------------- ops
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {
-        "F16": torch.float16,
-        "BF16": torch.bfloat16,
-        "F32": torch.float32,
-        "F64": torch.float64,
-    }[name]
-
-
 def _transpose(w: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
     return w.T if fan_in_fan_out else w
 
@@ -311,7 +292,7 @@ def _weight_step(
     def step(w: torch.Tensor, load: Callable[[str], torch.Tensor]) -> torch.Tensor:
         import torch
 
-        pdt = _torch_dtype(pdt_name)
+        pdt = torch_dtype(pdt_name)
         if m.kind == "embedding":
             delta = _delta_embedding(m, load, pdt)
             if not m.dora:
@@ -365,7 +346,7 @@ def _bias_step(
     """``bias.data += lora_B.bias * scaling`` (after the weight merge; independent of it)."""
 
     def step(b: torch.Tensor, load: Callable[[str], torch.Tensor]) -> torch.Tensor:
-        lb = load(m.keys["lora_B.bias"]).to(_torch_dtype(pdt_name))
+        lb = load(m.keys["lora_B.bias"]).to(torch_dtype(pdt_name))
         out = b.clone()
         out += lb * m.scaling
         return out
@@ -382,19 +363,13 @@ def _replace_step(key: str) -> Callable[[torch.Tensor, Callable[[str], torch.Ten
     return step
 
 
-def _compose(steps: list[Callable[..., torch.Tensor]], out_dtype: str | None) -> Change:
-    """Run ``steps`` in order on one base tensor, then cast to the requested output dtype."""
+def _compose(steps: list[Callable[..., torch.Tensor]]) -> Change:
+    """Run ``steps`` in order on one base tensor (the engine casts the result to the output dtype)."""
 
     def change(base: torch.Tensor, load: Callable[[str], torch.Tensor]) -> torch.Tensor:
         t = base
         for s in steps:
             t = s(t, load)
-        if out_dtype is not None:
-            dt = _torch_dtype(out_dtype)
-            if t.dtype != dt:
-                t = t.to(dt)
-        if t is base:
-            t = t.clone()
         return t
 
     return change
@@ -505,17 +480,6 @@ def _group(problems: list[str], modules: set[str]) -> list[str]:
     return out
 
 
-def _out_dtype(options: MergeOptions) -> str | None:
-    want = (options.dtype or "auto").lower()
-    if want == "auto":
-        return None
-    if options.dtype in ("F16", "BF16", "F32"):  # the engine passes safetensors names
-        return options.dtype
-    if want not in OUT_DTYPES:
-        raise Refused(f"unknown output dtype {options.dtype!r}", "use auto, bf16, fp16 or fp32")
-    return OUT_DTYPES[want]
-
-
 def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOptions) -> MergePlan:
     """Validate ``adapter`` against ``base`` and return the per-tensor changes.
 
@@ -540,7 +504,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         )
     base_config = (base.details or {}).get("config") or {}
     model_type = str(base_config.get("model_type", ""))
-    out_dt = _out_dtype(options)
+    out_dt = options.out_dtype
 
     # ---- classify the adapter tensors
     modules: dict[str, _Module] = {}
@@ -761,10 +725,9 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     out_dtype: dict[str, str] = {}
     changes: dict[str, Change] = {}
     for t in base.tensors:
-        cast = out_dt if (out_dt and t.dtype in FLOAT_DTYPES and t.dtype != out_dt) else None
-        out_dtype[t.name] = cast or t.dtype
+        out_dtype[t.name] = out_dt if (out_dt and t.dtype in FLOAT_DTYPES) else t.dtype
         if t.name in steps:
-            changes[t.name] = _compose(steps[t.name], cast)
+            changes[t.name] = _compose(steps[t.name])
     used = {k for m in modules.values() for k in m.keys.values()} | set(replacements.values())
     adapter_tensors = {k: v for k, v in ad.tensors.items() if k in used}
 
