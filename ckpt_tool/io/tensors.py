@@ -94,6 +94,11 @@ class TensorReader:
             raise InvalidFile(f"{info.file}: tensor {info.name!r} runs past the end of the file", "the file is truncated")
         return data[info.data_offset : end]
 
+    def data(self, info: TensorInfo) -> torch.Tensor:
+        """The bytes of a contiguous tensor ``info`` (its own ``nbytes``, not the whole storage), as uint8."""
+        start = info.storage_offset * info.itemsize
+        return self.raw(info)[start : start + info.nbytes]
+
     def tensor(self, info: TensorInfo) -> torch.Tensor:
         """``info`` as a tensor of its own dtype, shape, stride and storage offset (zero copy when aligned)."""
         import torch
@@ -106,7 +111,7 @@ class TensorReader:
             # Misaligned data (possible in third-party safetensors files): copy to an aligned buffer.
             raw = raw.clone()
         storage = raw.view(dtype)
-        stride = info.stride if info.stride is not None else _contiguous_stride(info.shape)
+        stride = info.stride if info.stride is not None else contiguous_stride(info.shape)
         return storage.as_strided(info.shape, stride, storage.storage_offset() + info.storage_offset)
 
     def close(self) -> None:
@@ -142,7 +147,8 @@ class Scratch:
         return buf[:nbytes].view(dtype).view(shape)
 
 
-def _contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Row-major strides as torch gives them (a zero-size dimension counts as 1)."""
     stride, acc = [], 1
     for size in reversed(shape):
         stride.append(acc)

@@ -330,13 +330,9 @@ class _TensorRef:
 
         import torch
 
-        from ckpt_tool.io.tensors import torch_dtype
+        from ckpt_tool.io.tensors import contiguous_stride, torch_dtype
 
-        stride, acc = [], 1
-        for d in reversed(self.shape):
-            stride.append(acc)
-            acc *= d
-        args = (self.storage, 0, tuple(self.shape), tuple(reversed(stride)), False, collections.OrderedDict())
+        args = (self.storage, 0, tuple(self.shape), contiguous_stride(self.shape), False, collections.OrderedDict())
         if self.storage.storage_type is torch.storage.UntypedStorage:
             return (torch._utils._rebuild_tensor_v3, (*args, torch_dtype(self.dtype)))
         return (torch._utils._rebuild_tensor_v2, args)

@@ -133,10 +133,8 @@ def _bytes_equal(reader: TensorReader, a: TensorInfo, b: TensorInfo) -> bool | N
         return True
     import torch
 
-    ra, rb = reader.raw(a), reader.raw(b)
-    sa, sb = a.storage_offset * a.itemsize, b.storage_offset * b.itemsize
     # torch.equal on uint8 views: a vectorised compare of the two maps, no allocation
-    return torch.equal(ra[sa : sa + a.nbytes], rb[sb : sb + b.nbytes])
+    return torch.equal(reader.data(a), reader.data(b))
 
 
 def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], atol: float | None = None) -> DiffResult:

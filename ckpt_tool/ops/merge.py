@@ -236,9 +236,7 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
                     change = plan.changes.get(info.name)
                     if change is None and spec.dtype == info.dtype and info.is_contiguous:
                         begin, end = info.byte_range
-                        raw = reader.raw(info)
-                        start = info.storage_offset * info.itemsize
-                        view = memoryview(raw[start : start + info.nbytes].numpy()) if info.nbytes else memoryview(b"")
+                        view = memoryview(reader.data(info).numpy()) if info.nbytes else memoryview(b"")
                         fd = fd_for(info.file)
                         # file-to-file: no anonymous memory, so it does not count against the limit
                         behind.submit(0, functools.partial(writer.copy, spec.name, fd, begin, end - begin, view))
