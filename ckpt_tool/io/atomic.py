@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from ckpt_tool.errors import Refused
-
 TEMP_PREFIX = ".ckpt-tool-tmp-"
 
 
@@ -25,12 +23,6 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def check_writable(dest: str | os.PathLike[str], force: bool) -> None:
-    """Refuse to replace an existing output unless ``force``."""
-    if os.path.lexists(dest) and not force:
-        raise Refused(f"{dest} already exists", "pass --force to overwrite it, or choose another --out")
 
 
 @contextlib.contextmanager
@@ -49,7 +41,7 @@ def atomic_write(dest: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644 & ~_umask())
+        set_publish_mode(tmp)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
     except BaseException:
@@ -58,12 +50,8 @@ def atomic_write(dest: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise
 
 
-def write_bytes_atomic(dest: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_write(dest) as fh:
-        fh.write(data)
-
-
-def _umask() -> int:
+def set_publish_mode(path: str | os.PathLike[str]) -> None:
+    """Give a finished temp file its published mode, 0644 less the umask (``mkstemp`` creates it 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    os.chmod(path, 0o644 & ~mask)

@@ -12,7 +12,6 @@ faults. On a C library without ``mallopt`` this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 _M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
@@ -23,8 +22,7 @@ THRESHOLD = 1 << 20
 def release_large_blocks() -> bool:
     """Set a fixed 1 MiB mmap threshold for this process; True if the C library took it."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library already loaded into this process
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import CkptError, Conflict, NotFound
-from ckpt_tool.io.atomic import TEMP_PREFIX
+from ckpt_tool.io.atomic import TEMP_PREFIX, set_publish_mode
 from ckpt_tool.io.container import Probe
 from ckpt_tool.ops.journal import JOURNAL_NAME, LOCK_NAME, Journal, Session, migrate_lock, mutated
 from ckpt_tool.plugins import get_plugin_manager
@@ -42,8 +42,8 @@ from ckpt_tool.plugins import get_plugin_manager
 MOVE, COPY, WRITE, MKDIR, RMDIR, REPORT = "move", "copy", "write", "mkdir", "rmdir", "report"
 DERIVE = "derive"  # opt-in: a new file computed from a source that stays where it is
 _OWN_FILES = (JOURNAL_NAME, LOCK_NAME)
-PARALLEL_MIN_DIRS = 64
-DONE_BATCH = 256  # checkpoint folders per "done" journal record  # below this, starting processes costs more than it saves
+PARALLEL_MIN_DIRS = 64  # below this, starting processes costs more than it saves
+DONE_BATCH = 256  # checkpoint folders per "done" journal record
 
 
 @dataclass
@@ -221,8 +221,7 @@ def plan(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> Pl
     journal = Journal(root)
     pending = journal.pending
     if pending is not None:
-        result = Plan(root, steps=pending.steps, resuming=True)
-        return result
+        return Plan(root, steps=pending.steps, resuming=True)
     return _fresh_plan(root, jobs, options or MigrateOptions())
 
 
@@ -489,9 +488,7 @@ def _publish(dst: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o644 & ~mask)
+        set_publish_mode(tmp)
         mutated()  # crash point: temp file complete, destination not yet there
         try:
             os.link(tmp, dst)  # fails with EEXIST: never overwrites
@@ -507,11 +504,15 @@ def _publish(dst: Path, data: bytes) -> None:
                 os.unlink(tmp)
 
 
+def _paths(root: Path, s: dict[str, Any]) -> tuple[Path | None, Path | None]:
+    """A step's source and destination as absolute paths (None where the step has none)."""
+    return (root / s["src"] if s.get("src") else None), (root / s["dst"] if s.get("dst") else None)
+
+
 def step_state(root: Path, s: dict[str, Any]) -> str:
     """``done``, ``pending`` or ``changed`` (neither: the tree moved on without us)."""
     op = s["op"]
-    src = root / s["src"] if s.get("src") else None
-    dst = root / s["dst"] if s.get("dst") else None
+    src, dst = _paths(root, s)
     if op == MKDIR:
         assert dst is not None
         if dst.is_dir() and not dst.is_symlink():
@@ -597,9 +598,7 @@ def _derive(root: Path, s: dict[str, Any], journal: Journal, session: Session) -
                 else _sha256(fh.read())
             )
             os.fsync(fh.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o644 & ~mask)
+        set_publish_mode(tmp)
         journal.append({"type": "derived", "session": session.number, "step": s["i"], "sha256": digest})
         os.link(tmp, dst)
     finally:
@@ -612,8 +611,7 @@ def _do(
 ) -> str | None:
     """Perform one pending step; return a reason if it had to be skipped."""
     op = s["op"]
-    src = root / s["src"] if s.get("src") else None
-    dst = root / s["dst"] if s.get("dst") else None
+    src, dst = _paths(root, s)
     try:
         if op == DERIVE:
             assert journal is not None and session is not None
@@ -777,8 +775,7 @@ def apply(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> O
 def _undo_step(root: Path, s: dict[str, Any]) -> str | None:
     """Reverse one step if it is in effect; return a reason when it cannot be."""
     op = s["op"]
-    src = root / s["src"] if s.get("src") else None
-    dst = root / s["dst"] if s.get("dst") else None
+    src, dst = _paths(root, s)
     try:
         if op == MOVE:
             assert src is not None and dst is not None
