@@ -103,7 +103,8 @@ def read_model_config(directory: Path) -> tuple[dict[str, Any] | None, str | Non
     return None, None
 
 
-def _int(value: Any) -> int | None:
+def positive_int(value: Any) -> int | None:
+    """``value`` if it is a positive int (not a bool), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
@@ -115,13 +116,13 @@ def qkv_sizes(config: dict[str, Any] | None) -> tuple[int, int, int] | None:
     """
     if not config:
         return None
-    n_head = _int(config.get("n_head"))
+    n_head = positive_int(config.get("n_head"))
     if n_head is None:
         return None
-    groups = _int(config.get("n_query_groups")) or n_head
-    hs = _int(config.get("head_size"))
+    groups = positive_int(config.get("n_query_groups")) or n_head
+    hs = positive_int(config.get("head_size"))
     if hs is None:
-        n_embd = _int(config.get("n_embd"))
+        n_embd = positive_int(config.get("n_embd"))
         if n_embd is None:
             return None
         hs = n_embd // n_head

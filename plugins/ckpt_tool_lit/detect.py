@@ -402,16 +402,12 @@ def _adapter_facts(tensors: dict[str, TensorInfo], cls: str) -> dict[str, Any]:
 # LoRA: rank, alpha and targets
 
 
-def _setting(sources: list[dict[str, Any]], *names: str) -> Any:
-    for src in sources:
-        for name in names:
-            if name in src:
-                return src[name]
+def _setting(src: dict[str, Any], *names: str) -> Any:
+    """The value of the first of ``names`` present in ``src`` (today's name first, then older ones)."""
+    for name in names:
+        if name in src:
+            return src[name]
     return None
-
-
-def _pos_int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _number(value: Any) -> float | int | None:
@@ -426,12 +422,12 @@ def _recorded(hp: dict[str, Any] | None, cfg: dict[str, Any] | None) -> tuple[di
             continue
         if any(k in src for k in ("lora_r", "lora_alpha", "r", "alpha", "to_query", "lora_query")):
             out: dict[str, Any] = {
-                "r": _setting([src], "lora_r", "r"),
-                "alpha": _setting([src], "lora_alpha", "alpha"),
-                "dropout": _setting([src], "lora_dropout", "dropout"),
+                "r": _setting(src, "lora_r", "r"),
+                "alpha": _setting(src, "lora_alpha", "alpha"),
+                "dropout": _setting(src, "lora_dropout", "dropout"),
             }
             for flag in LORA_FLAGS:
-                out[flag] = _setting([src], f"lora_{flag}", f"to_{flag}")
+                out[flag] = _setting(src, f"lora_{flag}", f"to_{flag}")
             return out, name
     return {}, None
 
@@ -512,9 +508,9 @@ def _lora_summary(
     r_rec = recorded.get("r")
     alpha = _number(recorded.get("alpha"))
     dropout = _number(recorded.get("dropout"))
-    if recorded and r_rec is not None and _pos_int(r_rec) is None:
+    if recorded and r_rec is not None and _config.positive_int(r_rec) is None:
         warnings.append(f"{source}: lora_r = {r_rec!r} is not a positive integer; using the rank from the tensors")
-    r = _pos_int(r_rec)
+    r = _config.positive_int(r_rec)
     details: dict[str, Any] = {"lora_rank_tensors": r_tensors, "qkv_candidates": [list(c) for c in candidates]}
     if r is not None and r_tensors is not None and r != r_tensors:
         warnings.append(

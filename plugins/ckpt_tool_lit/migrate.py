@@ -21,9 +21,27 @@ from typing import Any
 
 import yaml
 
-from ckpt_tool.errors import CkptError, Refused
+from ckpt_tool.errors import CkptError, InvalidFile, Refused
 from ckpt_tool.ops.migrate import COPY, DERIVE, MOVE, REPORT, RMDIR, WRITE, Action, MigrateOptions
-from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, lora_modules
+from ckpt_tool_lit.config import (
+    HYPERPARAMETERS,
+    LEGACY_CONFIG,
+    MODEL_CONFIG,
+    qkv_sizes,
+    read_json_mapping,
+    read_yaml_mapping,
+)
+from ckpt_tool_lit.keys import (
+    ADAPTER,
+    ADAPTER_V2,
+    FULL,
+    LORA,
+    UNKNOWN,
+    WEIGHTS_NAME,
+    classify,
+    lora_modules,
+    module_kind,
+)
 
 # 2023 names in the run dir → today's final/ (expected kind; the keys decide)
 FINAL_FILES = {
@@ -41,9 +59,9 @@ LIT_LLAMA_KEY_RE = re.compile(r"\.(c_attn|c_proj|c_fc1|c_fc2|rms_1|rms_2)\.|\.ln
 LEGACY_ATTN_RE = re.compile(r"^(.*\.attn)\.attn\.(weight|bias|adapter_bias|adapter_scale)$")
 UPGRADE_ATTN = "ckpt_tool_lit.migrate:upgrade_attn_file"
 
-CONFIG_YAML = "model_config.yaml"
-CONFIG_JSON = "lit_config.json"
-HPARAMS = "hyperparameters.yaml"
+CONFIG_YAML = MODEL_CONFIG
+CONFIG_JSON = LEGACY_CONFIG
+HPARAMS = HYPERPARAMETERS
 MIGRATION_RECORD = "migration.json"
 # Companions copied into every new checkpoint folder so it loads on its own.
 COMPANIONS = (
@@ -379,11 +397,11 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
                 break
             if _is_regular(js):
                 try:
-                    raw = json.loads(js.read_text(encoding="utf-8"))
-                    if not isinstance(raw, dict):
-                        raise ValueError("not a JSON object")
-                    cfg, changes = convert_config(raw)
-                except (ValueError, OSError, UnicodeDecodeError) as exc:
+                    cfg, changes = convert_config(read_json_mapping(js))
+                except InvalidFile as exc:
+                    report(js, f"cannot read it ({exc.message}); {folder.name}/ gets no {CONFIG_YAML}")
+                    break
+                except ValueError as exc:
                     report(js, f"cannot convert ({exc}); {folder.name}/ gets no {CONFIG_YAML}")
                     break
                 text = f"# converted from {os.path.relpath(js, folder)} by ckpt-tool migrate\n" + dump_yaml(
@@ -558,19 +576,19 @@ def upgrade_attn_file(src: Path, out: Path, params: dict[str, Any]) -> None:
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:
+    """A model config through the plugin's safe reader (size cap, safe loader), or None if unusable."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return read_yaml_mapping(path)
+    except InvalidFile:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """A legacy ``lit_config.json`` with today's key names, or None if unreadable or unconvertible."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError):
+        return convert_config(read_json_mapping(path))[0]
+    except (InvalidFile, ValueError):
         return None
-    return convert_config(data)[0] if isinstance(data, dict) else None
 
 
 def convert_config(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -638,25 +656,17 @@ def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
         "lora_head": False,
     }
     for m in modules:
-        if m.endswith((".attn.qkv", ".attn.attn")):
-            continue
-        if m.endswith(".attn.proj"):
-            flags["lora_projection"] = True
-        elif ".mlp." in m:
-            flags["lora_mlp"] = True
-        elif m.startswith("lm_head"):
-            flags["lora_head"] = True
-    qkv = [m for m in modules if m.endswith((".attn.qkv", ".attn.attn"))]
+        kind = module_kind(m)
+        if kind in ("projection", "mlp", "head"):
+            flags[f"lora_{kind}"] = True
+    qkv = [m for m in modules if module_kind(m) == "qkv"]
     if qkv and r:
         a_rows = w.shapes.get(f"{qkv[0]}.lora_A", (0,))[0]
         b_rows = w.shapes.get(f"{qkv[0]}.lora_B", (0,))[0]
         parts = max(1, a_rows // r)
-        sizes = None
-        if cfg and isinstance(cfg.get("n_head"), int) and isinstance(cfg.get("n_embd"), int):
-            hs = cfg.get("head_size") or cfg["n_embd"] // cfg["n_head"]
-            groups = cfg.get("n_query_groups") or cfg["n_head"]
-            sizes = {"query": cfg["n_head"] * hs, "key": groups * hs, "value": groups * hs}
         names = ("query", "key", "value")
+        qkv_rows = qkv_sizes(cfg)
+        sizes = dict(zip(names, qkv_rows)) if qkv_rows else None
         fits = [c for c in combinations(names, parts) if sizes is None or sum(sizes[n] for n in c) == b_rows]
         chosen: tuple[str, ...]
         if len(fits) == 1:
