@@ -314,9 +314,13 @@ def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
 
 
 def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """The per-module value (r or alpha) PEFT uses: the matching pattern's, else ``default``."""
+    """The per-module value (r or alpha) PEFT uses: the matching pattern's, else ``default``.
+
+    Like ``get_pattern_key``, an entry named exactly like the module counts even when, read as a
+    regex, it does not match its own text.
+    """
     key = pattern_key(patterns, module)
-    return default if key is None else patterns[key]
+    return patterns.get(module if key is None else key, default)
 
 
 def targets_module(targets: Any, module: str) -> bool:

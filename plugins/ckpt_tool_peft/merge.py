@@ -22,7 +22,6 @@ other LoRA variants, other tuners) is refused before anything is written.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable
@@ -30,18 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import InvalidFile, NotFound, Refused
+from ckpt_tool.errors import NotFound, Refused
 from ckpt_tool.io.container import read_container
 from ckpt_tool.io.tensors import Scratch, torch_dtype
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan
+from ckpt_tool_peft.detect import DEFAULT_NAME, KEY_PREFIX, pattern_value
 
 if TYPE_CHECKING:
     import torch
 
-PREFIX = "base_model.model."
-CONFIG_NAME = "adapter_config.json"
-WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
 # The modules of these architectures are transformers' ``Conv1D`` (weight stored as (in, out)); PEFT
 # forces fan_in_fan_out=True for them whatever the config says. Only needed for square weights,
@@ -122,50 +119,22 @@ def _adapter_root(adapter: CheckpointInfo) -> Path | None:
 
 
 def _load_adapter(adapter: CheckpointInfo, options: MergeOptions) -> _Adapter:
-    """Resolve ``options.adapter_name`` (default: the one detected, usually ``default`` at the root)."""
-    root = _adapter_root(adapter)
-    if root is None:
-        raise NotFound(f"{adapter.path}: cannot locate the PEFT adapter directory")
-    detected = (adapter.details or {}).get("adapter_name") or "default"
-    detected_dir = Path((adapter.details or {}).get("dir") or root)
-    name = options.adapter_name or detected
-    if name == detected:
-        adir = detected_dir
-    elif name == "default":
-        adir = root
-    else:
-        adir = root / name
-        for a in adapter.adapters:
-            if a.name == name and a.path:
-                ap = Path(a.path)
-                adir = ap if ap.is_dir() else ap.parent
-    if not (adir / CONFIG_NAME).is_file():
-        names = sorted({a.name for a in adapter.adapters} | {detected})
+    """The adapter ``options.adapter_name`` names (default: the one detected, usually ``default``).
+
+    Detection already found every adapter of the save and checked its ``adapter_config.json``
+    (``parse_config``: types, patterns, size), so the merge plans from exactly what inspect reports.
+    """
+    details = adapter.details or {}
+    found: dict[str, dict[str, Any]] = details.get("adapters") or {}
+    name = options.adapter_name or details.get("adapter_name") or DEFAULT_NAME
+    chosen = found.get(name)
+    if chosen is None:
         raise NotFound(
-            f"{root}: no adapter named {name!r} (no {CONFIG_NAME} in {adir})",
-            f"choose one of: {', '.join(names)}" if names else "check --adapter-name",
+            f"{adapter.path}: no adapter named {name!r}",
+            f"choose one of: {', '.join(sorted(found))}" if found else "check --adapter",
         )
-    if name == detected and (adapter.details or {}).get("config"):
-        config = dict(adapter.details["config"])
-    else:
-        try:
-            config = json.loads((adir / CONFIG_NAME).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidFile(f"{adir / CONFIG_NAME}: not valid JSON ({exc})") from exc
-        if not isinstance(config, dict):
-            raise InvalidFile(f"{adir / CONFIG_NAME}: expected a JSON object")
-    weights = None
-    if name == detected and (adapter.details or {}).get("weights"):
-        weights = Path(adapter.details["weights"])
-    if weights is None:
-        for wn in WEIGHT_NAMES:  # safetensors preferred when both exist, as PEFT does
-            if (adir / wn).is_file():
-                weights = adir / wn
-                break
-    if weights is None:
-        raise NotFound(f"{adir}: no {' or '.join(WEIGHT_NAMES)}", "the adapter directory is incomplete")
-    tensors = read_container(weights).tensors
-    return _Adapter(name, adir, config, weights, tensors)
+    weights = Path(chosen["weights"])
+    return _Adapter(name, Path(chosen["dir"]), dict(chosen["config"]), weights, read_container(weights).tensors)
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -216,21 +185,10 @@ def _check_config(cfg: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{key} in adapter_config.json is not a mapping")
 
 
-def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's ``get_pattern_key``: the first pattern (dict order) matching the end of the module name."""
-    for key, value in patterns.items():
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return value
-        except re.error:
-            continue
-    return patterns.get(module, default)
-
-
 def _scaling(cfg: dict[str, Any], module: str) -> tuple[int, float, float]:
     """(r, alpha, scaling) of one module, as ``LoraModel._create_and_replace`` + ``update_layer`` compute them."""
-    r = _pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8))
-    alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8))
+    r = pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8))
+    alpha = pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8))
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     return r, alpha, scaling
 
@@ -526,10 +484,10 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     for key, t in ad.tensors.items():
         if key in repairs:
             continue
-        if not key.startswith(PREFIX):
+        if not key.startswith(KEY_PREFIX):
             unprefixed.append(key)
             continue
-        rest = key[len(PREFIX) :]
+        rest = key[len(KEY_PREFIX) :]
         mm = _LORA_KEY.match(rest)
         if mm:
             mod = modules.setdefault(mm["mod"], _Module(mm["mod"]))
@@ -565,7 +523,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         replacements[target_key] = key
 
     for keys, what in (
-        (unprefixed, f"do not start with {PREFIX!r} (not a PEFT save; PEFT would silently skip them)"),
+        (unprefixed, f"do not start with {KEY_PREFIX!r} (not a PEFT save; PEFT would silently skip them)"),
         (unknown, "are not LoRA tensors ckpt-tool knows how to merge"),
         (absent, "are full tensors (modules_to_save / base_layer) whose target is not in the base"),
     ):
