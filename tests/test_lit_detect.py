@@ -410,6 +410,25 @@ def test_bad_hyperparameters_yaml(lora_final, tmp_path, cli, text, needle):
     assert res.stderr.startswith("error:") and needle in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("{oops", "not valid JSON"),
+        ('{"n_embd": ' + "1" * 5000 + "}", "not valid JSON"),  # int() digit limit: a ValueError, not a JSONDecodeError
+        ("[" * 100000, "not valid JSON"),
+        ('["not", "a", "mapping"]', "expected a mapping"),
+    ],
+    ids=["syntax", "huge-int", "deep-nesting", "not-a-mapping"],
+)
+def test_bad_lit_config_json(lora_final, tmp_path, cli, text, needle):
+    path = _copy_lora_alone(lora_final, tmp_path / "bad")
+    (path.parent / "lit_config.json").write_text(text)
+    with pytest.raises(InvalidFile, match=needle):
+        detect(path.parent)
+    res = cli("inspect", path.parent)
+    assert res.code == 4 and res.stderr.startswith("error:") and "Traceback" not in res.stderr
+
+
 def test_bad_model_config_yaml(base_dir, tmp_path):
     d = tmp_path / "b"
     shutil.copytree(base_dir, d)

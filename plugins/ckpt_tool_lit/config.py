@@ -9,29 +9,15 @@ through ``yaml.safe_load`` / ``json.loads`` and maps every parse problem to
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import InvalidFile
+from ckpt_tool.io.sidefiles import read_json, read_text
 
 HYPERPARAMETERS = "hyperparameters.yaml"
 MODEL_CONFIG = "model_config.yaml"
 LEGACY_CONFIG = "lit_config.json"  # before 2024-03-12 (formats.md §2.2)
-MAX_CONFIG_BYTES = 16 << 20  # these files are a few KB; refuse absurd ones before parsing
-
-
-def _read_text(path: Path) -> str:
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise InvalidFile(f"{path}: implausibly large for a config file ({size} bytes)")
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidFile(f"{path}: not UTF-8 text ({exc.reason})") from None
-    except OSError as exc:
-        raise InvalidFile(f"{path}: cannot read ({exc.strerror or exc})") from None
-
 
 def _mapping(path: Path, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
@@ -53,7 +39,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """
     import yaml  # only when a YAML file is actually read (keeps inspect of a bare .pth lean)
 
-    text = _read_text(path)
+    text = read_text(path, "a LitGPT config")
     try:
         data = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
@@ -74,16 +60,7 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
 
 def read_json_mapping(path: Path) -> dict[str, Any]:
     """Parse a JSON file that must hold an object (legacy ``lit_config.json``)."""
-    text = _read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidFile(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})"
-        ) from None
-    except RecursionError:
-        raise InvalidFile(f"{path}: JSON nests too deeply") from None
-    return _mapping(path, data)
+    return _mapping(path, read_json(path, "a LitGPT config"))
 
 
 def read_hyperparameters(directory: Path) -> dict[str, Any] | None:

@@ -13,13 +13,13 @@ second and the CLI must stay instant); the tuner prefixes are copied from
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import InvalidFile
+from ckpt_tool.io.sidefiles import read_json
 from ckpt_tool.model import AdapterInfo, CheckpointInfo, TensorInfo
 
 FORMAT = "peft"
@@ -27,7 +27,6 @@ CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_NAME = "default"
 KEY_PREFIX = "base_model.model."
-MAX_CONFIG_BYTES = 16 << 20  # an adapter_config.json is a few KB; refuse absurd ones before parsing
 
 # peft_type -> tuner prefix (the substring every adapter parameter name carries).
 TUNER_PREFIXES: dict[str, str] = {
@@ -212,22 +211,7 @@ def parse_config(file: Path) -> dict[str, Any]:
     Raises:
         InvalidFile: naming the file and the offending field.
     """
-    try:
-        size = file.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise InvalidFile(f"{file}: {size} bytes is implausibly large for an adapter config")
-        text = file.read_text(encoding="utf-8")
-        config = json.loads(text)
-    except InvalidFile:
-        raise
-    except UnicodeDecodeError as exc:
-        raise InvalidFile(f"{file}: not UTF-8 text ({exc})", "regenerate adapter_config.json") from None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidFile(
-            f"{file}: not valid JSON ({exc})", "fix or regenerate adapter_config.json"
-        ) from None
-    except OSError as exc:
-        raise InvalidFile(f"{file}: cannot read ({exc.strerror or exc})") from None
+    config = read_json(file, "the adapter config")
     if not isinstance(config, dict):
         raise InvalidFile(
             f"{file}: expected a JSON object, found a JSON {type(config).__name__}",

@@ -11,7 +11,6 @@ Reads headers and JSON only; never imports torch (formats.md §1, §4).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -19,13 +18,13 @@ from typing import Any
 
 from ckpt_tool.errors import CkptError, InvalidFile, NotFound
 from ckpt_tool.io import sniff as _sniff
+from ckpt_tool.io.sidefiles import MAX_INDEX_BYTES, read_json
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 
 INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 SINGLE_NAMES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_NAME = "config.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
-MAX_JSON_BYTES = 256 << 20  # an index of a 1T-parameter model is a few MB
 
 _LORA_RE = re.compile(r"\.lora_(A|B)(\.|$)|\.lora_embedding_(A|B)$|\.lora_magnitude_vector$")
 _LORA_A = re.compile(r"\.lora_(embedding_)?A(\.weight)?$")
@@ -35,30 +34,12 @@ _LORA_A = re.compile(r"\.lora_(embedding_)?A(\.weight)?$")
 # JSON side files
 
 
-def _read_json(file: Path, what: str) -> Any:
-    try:
-        size = file.stat().st_size
-        if size > MAX_JSON_BYTES:
-            raise InvalidFile(f"{file}: {size} bytes is implausibly large for {what}")
-        return json.loads(file.read_text(encoding="utf-8"))
-    except InvalidFile:
-        raise
-    except UnicodeDecodeError as exc:
-        raise InvalidFile(f"{file}: {what} is not UTF-8 text ({exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise InvalidFile(
-            f"{file}: {what} is not valid JSON ({exc})", f"fix or regenerate {file.name}"
-        ) from None
-    except OSError as exc:
-        raise InvalidFile(f"{file}: cannot read {what} ({exc.strerror or exc})") from None
-
-
 def read_config(directory: Path) -> dict[str, Any] | None:
     """Parse ``config.json`` next to the weights, or None when there is none."""
     file = directory / CONFIG_NAME
     if not file.is_file():
         return None
-    config = _read_json(file, "the model config")
+    config = read_json(file, "the model config")
     if not isinstance(config, dict):
         raise InvalidFile(
             f"{file}: expected a JSON object, found a JSON {type(config).__name__}",
@@ -211,7 +192,7 @@ def _shard_path(directory: Path, index_file: Path, shard: Any) -> Path:
 
 def read_index(index_file: Path) -> dict[str, Any]:
     """Parse and type-check a ``*.index.json`` (hostile input)."""
-    index = _read_json(index_file, "the shard index")
+    index = read_json(index_file, "the shard index", MAX_INDEX_BYTES)
     if not isinstance(index, dict):
         raise InvalidFile(f"{index_file}: expected a JSON object, found a JSON {type(index).__name__}")
     weight_map = index.get("weight_map")

@@ -1,0 +1,42 @@
+"""Read the small text files that travel with checkpoints (configs, indexes) as hostile input.
+
+``adapter_config.json``, ``config.json``, shard indexes and LitGPT's YAML/JSON
+configs come with checkpoints downloaded from strangers. Every reader refuses
+an absurd size before reading, and turns every read or parse failure into one
+``InvalidFile`` line that names the file and what it was supposed to be,
+instead of a traceback. Parsing YAML (safe loader only) stays with the LitGPT
+plugin, the one format that uses it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ckpt_tool.errors import InvalidFile
+
+MAX_CONFIG_BYTES = 16 << 20  # configs are a few KB
+MAX_INDEX_BYTES = 256 << 20  # the shard index of a 1T-parameter model is a few MB
+
+
+def read_text(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
+    """The UTF-8 text of ``path`` (``what`` names it in errors, e.g. "the model config")."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InvalidFile(f"{path}: {size} bytes is implausibly large for {what}")
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidFile(f"{path}: {what} is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InvalidFile(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+
+
+def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
+    """The parsed JSON of ``path``, any JSON value (callers check the shape they need)."""
+    text = read_text(path, what, max_bytes)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidFile(f"{path}: {what} is not valid JSON ({exc})", f"fix or regenerate {path.name}") from None
