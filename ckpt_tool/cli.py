@@ -12,12 +12,20 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ckpt_tool import __version__
-from ckpt_tool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CkptError
+from ckpt_tool.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    CkptError,
+    EnvironmentFailure,
+    InvalidFile,
+    from_os_error,
+)
 
 ENV_DEBUG = "CKPT_TOOL_DEBUG"
 
@@ -65,32 +73,90 @@ def create_app() -> typer.Typer:
     return app
 
 
+class _StdoutClosed(Exception):
+    """stdout went away (``| head``, ``| true``): not an error; raised past Click so it cannot call it one."""
+
+
+class _GuardedStdout:
+    """Wraps ``sys.stdout`` so a closed pipe surfaces as ``_StdoutClosed`` instead of an ``OSError``
+    that Click would turn into exit code 1."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        try:
+            return self._inner.write(text)
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
+
+    def flush(self) -> None:
+        try:
+            self._inner.flush()
+        except BrokenPipeError:
+            raise _StdoutClosed() from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null so the interpreter's final flush cannot complain about the closed pipe."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _fail(exc: CkptError) -> None:
+    if _state["debug"]:
+        traceback.print_exc()
+    sys.stderr.write(exc.render() + "\n")
+    sys.exit(exc.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point: the one place where exceptions become messages and exit codes."""
     app = create_app()
     _state["debug"] = bool(os.environ.get(ENV_DEBUG))
+    saved = sys.stdout
+    if not isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout = _GuardedStdout(sys.stdout)
     try:
         app(args=argv, prog_name="ckpt-tool")
     except CkptError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        sys.stderr.write(exc.render() + "\n")
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted — nothing was left half-written; run the command again\n")
-        sys.exit(EXIT_INTERRUPTED)
+        _fail(exc)
+    except _StdoutClosed:
+        _silence_stdout()
+        sys.exit(EXIT_OK)
     except BrokenPipeError:
-        # stdout closed early (`| head`): not an error worth a message.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        _silence_stdout()
+        sys.exit(EXIT_OK)
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted \u2014 nothing was left half-written; run the command again\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:  # the machine refused (full disk, read-only, permissions): not a bug
+        _fail(from_os_error(exc))
     except MemoryError:
-        sys.stderr.write("error: out of memory — the input may be corrupt or hostile (implausible sizes)\n")
-        sys.exit(EXIT_INTERNAL)
+        _fail(
+            EnvironmentFailure(
+                "out of memory", "free memory, or check the input: a hostile file can declare implausible sizes"
+            )
+        )
+    except RecursionError:
+        _fail(InvalidFile("the input nests too deeply to be read", "the file is malformed or hostile"))
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         if _state["debug"]:
             traceback.print_exc()
         sys.stderr.write(
-            f"error: internal error ({type(exc).__name__}: {exc}) — this is a bug in ckpt-tool; "
+            f"error: internal error ({type(exc).__name__}: {exc}) \u2014 this is a bug in ckpt-tool; "
             f"rerun with --debug and report the traceback\n"
         )
         sys.exit(EXIT_INTERNAL)
+    finally:
+        if sys.stdout is not saved and isinstance(sys.stdout, _GuardedStdout):
+            try:
+                sys.stdout.flush()
+            except _StdoutClosed:
+                _silence_stdout()
+            sys.stdout = saved

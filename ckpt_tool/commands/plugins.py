@@ -21,5 +21,10 @@ def register(app: typer.Typer) -> None:
         if json_out:
             render.emit_json([asdict(r) for r in records])
             return
+        headers = ["name", "source", "module", "version", "hooks"]
         rows = [[r.name, r.source, r.module, r.version or "", ", ".join(r.hooks)] for r in records]
-        typer.echo(render.table(rows, ["name", "source", "module", "version", "hooks"]))
+        if any(r.status != "loaded" for r in records):
+            headers.append("status")
+            for row, r in zip(rows, records):
+                row.append(r.status)
+        typer.echo(render.table(rows, headers))
