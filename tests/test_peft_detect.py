@@ -25,6 +25,9 @@ from ckpt_tool.errors import InvalidFile
 from ckpt_tool.io.container import Probe
 from ckpt_tool.ops.inspect import detect
 
+# builds its checkpoints with transformers / peft (peft_helpers)
+pytestmark = pytest.mark.interop
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> dict[str, Path]:

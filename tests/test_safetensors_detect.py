@@ -15,6 +15,9 @@ from safetensors.torch import save_file
 from ckpt_tool.errors import InvalidFile, NotFound, Unsupported
 from ckpt_tool.ops.inspect import detect
 
+# builds its checkpoints with transformers / peft (peft_helpers)
+pytestmark = pytest.mark.interop
+
 
 @pytest.fixture(scope="module")
 def sharded_src(tmp_path_factory) -> Path:
