@@ -23,6 +23,7 @@ output and no temp file. Unchanged tensors can be copied file-to-file with
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -65,143 +66,135 @@ class WriteError(RuntimeError):
     """The engine fed a writer something other than what it announced (a bug, not user input)."""
 
 
-class RawFile:
-    """Positioned writes (``os.pwrite``) on the descriptor of an open binary file.
-
-    Python's ``BufferedWriter`` was measured 3-4x slower than plain ``write(2)``
-    for the 10-500 MB buffers a merge writes (1.3-1.6 s vs 0.4 s for 1.7 GB),
-    so the writers bypass it: everything buffered is flushed first, then all
-    output goes through the descriptor at an explicitly tracked position.
-    """
-
-    def __init__(self, fh: IO[bytes]) -> None:
-        fh.flush()
-        self.fd = fh.fileno()
-        self.pos = fh.tell()
-
-    def write(self, data: memoryview | bytes) -> int:
-        view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
-        done = 0
-        while done < len(view):
-            n = os.pwrite(self.fd, view[done:], self.pos + done)
-            if n <= 0:
-                raise OSError("short write")
-            done += n
-        self.pos += done
-        return done
-
-    def tell(self) -> int:
-        return self.pos
-
-    def seek(self, pos: int) -> None:
-        self.pos = pos
-
-    def flush(self) -> None:
-        pass
-
-    def fileno(self) -> int:
-        return self.fd
-
-
-def _copy_range(src_fd: int, src_offset: int, dst: RawFile, nbytes: int, fallback: memoryview | None) -> None:
-    """Append ``nbytes`` of ``src_fd`` at ``src_offset`` to ``dst`` without going through Python buffers."""
-    pos = dst.tell()
+def pwrite_all(fd: int, data: memoryview | bytes, pos: int) -> None:
+    """Write all of ``data`` at ``pos`` (``os.pwrite`` may write less than asked)."""
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
     done = 0
-    fd = dst.fileno()
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], pos + done)
+        if n <= 0:
+            raise OSError("short write")
+        done += n
+
+
+def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_pos: int, nbytes: int, fallback: memoryview | None) -> None:
+    """Copy ``nbytes`` of ``src_fd`` at ``src_offset`` to ``dst_fd`` at ``dst_pos`` without Python buffers.
+
+    ``copy_file_range`` keeps the bytes in the kernel (and shares extents on
+    filesystems that can); where it is unavailable (EXDEV, ENOSYS, EINVAL on some
+    filesystems) the mapped ``fallback`` view or ``pread`` chunks are written.
+    """
+    done = 0
     if hasattr(os, "copy_file_range"):
         try:
             while done < nbytes:
-                n = os.copy_file_range(src_fd, fd, nbytes - done, src_offset + done, pos + done)
+                n = os.copy_file_range(src_fd, dst_fd, nbytes - done, src_offset + done, dst_pos + done)
                 if n == 0:
                     break
                 done += n
-        except OSError:
-            pass  # EXDEV, ENOSYS, EINVAL on some filesystems: fall back below
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+                raise
+            # EXDEV, ENOSYS, EINVAL, EOPNOTSUPP: fall back below
     if done < nbytes:
-        dst.seek(pos + done)
         if fallback is not None:
-            dst.write(fallback[done:nbytes])
+            pwrite_all(dst_fd, fallback[done:nbytes], dst_pos + done)
         else:
             while done < nbytes:
                 chunk = os.pread(src_fd, min(nbytes - done, 1 << 24), src_offset + done)
                 if not chunk:
                     raise WriteError("source file ended early while copying")
-                dst.write(chunk)
+                pwrite_all(dst_fd, chunk, dst_pos + done)
                 done += len(chunk)
-    dst.seek(pos + nbytes)
 
 
 class _Writer:
-    """Common bookkeeping: tensors must arrive in the announced order with the announced size."""
+    """Common bookkeeping for positional writers.
+
+    Every output tensor's place in the file is fixed when the writer opens
+    (names, dtypes and shapes are announced up front), so tensors may arrive in
+    any order — a step that writes into several files at once never has to
+    wait for another — but each exactly once and with the announced size.
+    Writes are positional (``pwrite``), so a writer can be fed from the
+    engine's write-behind thread without a shared file position.
+    """
 
     def __init__(self, specs: Sequence[TensorSpec]) -> None:
         self.specs = list(specs)
-        names = [s.name for s in self.specs]
-        if len(set(names)) != len(names):
+        self._index = {s.name: i for i, s in enumerate(self.specs)}
+        if len(self._index) != len(self.specs):
             raise WriteError("duplicate output tensor names")
-        self._next = 0
+        self._written: set[int] = set()
 
-    def _expect(self, name: str, nbytes: int) -> TensorSpec:
-        if self._next >= len(self.specs):
-            raise WriteError(f"unexpected tensor {name!r}: all announced tensors were written")
-        spec = self.specs[self._next]
-        if spec.name != name:
-            raise WriteError(f"tensor {name!r} written out of order (expected {spec.name!r})")
-        if spec.nbytes != nbytes:
-            raise WriteError(f"tensor {name!r}: {nbytes} bytes, announced {spec.nbytes}")
-        self._next += 1
-        return spec
+    def _slot(self, name: str, nbytes: int) -> int:
+        i = self._index.get(name)
+        if i is None:
+            raise WriteError(f"unexpected tensor {name!r}: it was not announced")
+        if i in self._written:
+            raise WriteError(f"tensor {name!r} written twice")
+        if self.specs[i].nbytes != nbytes:
+            raise WriteError(f"tensor {name!r}: {nbytes} bytes, announced {self.specs[i].nbytes}")
+        self._written.add(i)
+        return i
 
     def check_complete(self) -> None:
-        if self._next != len(self.specs):
-            missing = self.specs[self._next].name
-            raise WriteError(f"only {self._next} of {len(self.specs)} tensors written (next: {missing!r})")
+        if len(self._written) != len(self.specs):
+            missing = next(s.name for i, s in enumerate(self.specs) if i not in self._written)
+            raise WriteError(f"only {len(self._written)} of {len(self.specs)} tensors written (missing: {missing!r})")
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
-        """Append ``tensor`` (any layout; written row-major in its own dtype)."""
+        """Write ``tensor`` (any layout; stored row-major in its own dtype) in ``name``'s place."""
         from ckpt_tool.io.tensors import dtype_name, tensor_bytes
 
-        spec = self.specs[self._next] if self._next < len(self.specs) else None
-        if spec is not None and spec.name == name and dtype_name(tensor.dtype) != spec.dtype:
-            raise WriteError(f"tensor {name!r} is {tensor.dtype}, announced {spec.dtype}")
-        if spec is not None and spec.name == name and tuple(tensor.shape) != spec.shape:
-            raise WriteError(f"tensor {name!r} has shape {tuple(tensor.shape)}, announced {spec.shape}")
+        i = self._index.get(name)
+        if i is not None:
+            spec = self.specs[i]
+            if dtype_name(tensor.dtype) != spec.dtype:
+                raise WriteError(f"tensor {name!r} is {tensor.dtype}, announced {spec.dtype}")
+            if tuple(tensor.shape) != spec.shape:
+                raise WriteError(f"tensor {name!r} has shape {tuple(tensor.shape)}, announced {spec.shape}")
         self.write_bytes(name, tensor_bytes(tensor))
 
     def write_bytes(self, name: str, data: memoryview | bytes) -> None:
         raise NotImplementedError
 
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        """Append ``nbytes`` copied from an open file; ``view`` (the same bytes, mapped) serves checksums."""
+        """Copy ``nbytes`` from an open file into ``name``'s place; ``view`` (the same bytes, mapped) serves checksums."""
         raise NotImplementedError
 
 
 class SafetensorsWriter(_Writer):
-    """Header-first safetensors writer over an open binary file."""
+    """Header-first safetensors writer over an open binary file (data in announced order, any write order)."""
 
-    def __init__(self, fh: IO[bytes] | RawFile, specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, fh: IO[bytes], specs: Sequence[TensorSpec], metadata: dict[str, str] | None = None) -> None:
         super().__init__(specs)
-        self.fh = fh = fh if isinstance(fh, RawFile) else RawFile(fh)
+        fh.flush()
+        self.fd = fh.fileno()
         header: dict[str, Any] = {}
         if metadata is not None:
             header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
         offset = 0
+        rel: list[int] = []
         for s in self.specs:
             header[s.name] = {"dtype": s.dtype, "shape": list(s.shape), "data_offsets": [offset, offset + s.nbytes]}
+            rel.append(offset)
             offset += s.nbytes
         raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         raw += b" " * (-len(raw) % 8)
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
+        start = fh.tell()
+        pwrite_all(self.fd, struct.pack("<Q", len(raw)) + raw, start)
+        data_start = start + 8 + len(raw)
+        self.offsets = [data_start + r for r in rel]
         self.data_bytes = offset
+        os.ftruncate(self.fd, data_start + offset)  # the final size at once: no sparse tail to fill in order
 
     def write_bytes(self, name: str, data: memoryview | bytes) -> None:
-        self._expect(name, len(data))
-        self.fh.write(data)
+        i = self._slot(name, len(data))
+        pwrite_all(self.fd, data, self.offsets[i])
 
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        self._expect(name, nbytes)
-        _copy_range(src_fd, src_offset, self.fh, nbytes, view)
+        i = self._slot(name, nbytes)
+        copy_range(src_fd, src_offset, self.fd, self.offsets[i], nbytes, view)
 
 
 # --- torch zip -------------------------------------------------------------------------------------
@@ -218,24 +211,29 @@ _DOS_TIME, _DOS_DATE = 0, (0 << 9) | (1 << 5) | 1  # 1980-01-01 00:00, reproduci
 class _Entry:
     name: bytes
     header_offset: int
+    data_offset: int
     size: int
+    zip64: bool
+    extra: bytes
     crc: int = 0
-    zip64: bool = False
 
 
-class _ZipStream:
-    """A minimal stored-only zip writer with aligned data, CRC patching and zip64."""
+class _ZipLayout:
+    """A stored-only zip whose every record's place is fixed up front: aligned data, CRCs patched, zip64.
 
-    def __init__(self, fh: IO[bytes] | RawFile, force_zip64: bool = False) -> None:
-        self.fh = fh if isinstance(fh, RawFile) else RawFile(fh)
+    Local headers are written when a record is added (CRC 0); ``set_crc``
+    patches it after the record's data is in place; ``finish`` writes the
+    central directory after the last record.
+    """
+
+    def __init__(self, fd: int, start: int, force_zip64: bool = False) -> None:
+        self.fd = fd
+        self.pos = start
         self.entries: list[_Entry] = []
         self.force_zip64 = force_zip64
-        self._open: _Entry | None = None
-        self._crc = 0
 
-    def begin(self, name: str, size: int) -> None:
-        fh = self.fh
-        offset = fh.tell()
+    def add(self, name: str, size: int) -> _Entry:
+        offset = self.pos
         bname = name.encode("utf-8")
         zip64 = self.force_zip64 or size >= _U32
         extra = struct.pack("<HHQQ", 1, 16, size, size) if zip64 else b""
@@ -245,40 +243,31 @@ class _ZipStream:
             pad += ALIGN  # an extra field needs at least its 4-byte header
         if pad:
             extra += struct.pack("<HH", 0x4246, pad - 4) + b"Z" * (pad - 4)  # "FB" padding, as torch writes
-        entry = _Entry(bname, offset, size, zip64=zip64)
-        fh.write(
-            _LOCAL.pack(
-                0x04034B50, 45 if zip64 else 20, 0, 0, _DOS_TIME, _DOS_DATE, 0,
-                _U32 if zip64 else size, _U32 if zip64 else size, len(bname), len(extra),
-            )
-        )
-        fh.write(bname)
-        fh.write(extra)
-        self._open, self._crc = entry, 0
-
-    def crc(self, data: memoryview | bytes) -> None:
-        self._crc = zlib.crc32(data, self._crc)
-
-    def end(self) -> None:
-        entry = self._open
-        assert entry is not None
-        entry.crc = self._crc & _U32
-        here = self.fh.tell()
-        self.fh.seek(entry.header_offset + 14)
-        self.fh.write(struct.pack("<I", entry.crc))
-        self.fh.seek(here)
+        entry = _Entry(bname, offset, offset + _LOCAL.size + len(bname) + len(extra), size, zip64, extra)
+        self._write_local(entry)
         self.entries.append(entry)
-        self._open = None
+        self.pos = entry.data_offset + size
+        return entry
+
+    def _write_local(self, e: _Entry) -> None:
+        head = _LOCAL.pack(
+            0x04034B50, 45 if e.zip64 else 20, 0, 0, _DOS_TIME, _DOS_DATE, e.crc,
+            _U32 if e.zip64 else e.size, _U32 if e.zip64 else e.size, len(e.name), len(e.extra),
+        )
+        pwrite_all(self.fd, head + e.name + e.extra, e.header_offset)
+
+    def set_crc(self, e: _Entry, crc: int) -> None:
+        e.crc = crc & _U32
+        pwrite_all(self.fd, struct.pack("<I", e.crc), e.header_offset + 14)
 
     def record(self, name: str, data: bytes) -> None:
-        self.begin(name, len(data))
-        self.fh.write(data)
-        self.crc(data)
-        self.end()
+        e = self.add(name, len(data))
+        pwrite_all(self.fd, data, e.data_offset)
+        self.set_crc(e, zlib.crc32(data))
 
     def finish(self) -> None:
-        fh = self.fh
-        cd_start = fh.tell()
+        cd_start = self.pos
+        out = bytearray()
         for e in self.entries:
             big_size = self.force_zip64 or e.size >= _U32
             big_off = self.force_zip64 or e.header_offset >= _U32
@@ -289,24 +278,24 @@ class _ZipStream:
                 )
                 extra = struct.pack("<HH", 1, len(fields)) + fields
             version = 45 if extra else 20
-            fh.write(
-                _CENTRAL.pack(
-                    0x02014B50, version, version, 0, 0, _DOS_TIME, _DOS_DATE, e.crc,
-                    _U32 if big_size else e.size, _U32 if big_size else e.size,
-                    len(e.name), len(extra), 0, 0, 0, 0, _U32 if big_off else e.header_offset,
-                )
+            out += _CENTRAL.pack(
+                0x02014B50, version, version, 0, 0, _DOS_TIME, _DOS_DATE, e.crc,
+                _U32 if big_size else e.size, _U32 if big_size else e.size,
+                len(e.name), len(extra), 0, 0, 0, 0, _U32 if big_off else e.header_offset,
             )
-            fh.write(e.name)
-            fh.write(extra)
-        cd_end = fh.tell()
-        cd_size = cd_end - cd_start
+            out += e.name + extra
+        cd_size = len(out)
+        cd_end = cd_start + cd_size
         n = len(self.entries)
         if self.force_zip64 or n >= 0xFFFF or cd_start >= _U32 or cd_size >= _U32:
-            fh.write(_EOCD64.pack(0x06064B50, _EOCD64.size - 12, 45, 45, 0, 0, n, n, cd_size, cd_start))
-            fh.write(_EOCD64_LOC.pack(0x07064B50, 0, cd_end, 1))
-            fh.write(_EOCD.pack(0x06054B50, 0, 0, 0xFFFF, 0xFFFF, _U32, _U32, 0))
+            out += _EOCD64.pack(0x06064B50, _EOCD64.size - 12, 45, 45, 0, 0, n, n, cd_size, cd_start)
+            out += _EOCD64_LOC.pack(0x07064B50, 0, cd_end, 1)
+            out += _EOCD.pack(0x06054B50, 0, 0, 0xFFFF, 0xFFFF, _U32, _U32, 0)
         else:
-            fh.write(_EOCD.pack(0x06054B50, 0, 0, n, n, cd_size, cd_start, 0))
+            out += _EOCD.pack(0x06054B50, 0, 0, n, n, cd_size, cd_start, 0)
+        pwrite_all(self.fd, bytes(out), cd_start)
+        self.pos = cd_start + len(out)
+        os.ftruncate(self.fd, self.pos)
 
 
 class _StorageRef:
@@ -380,7 +369,13 @@ def archive_name(dest: str | os.PathLike[str]) -> str:
 
 
 class TorchZipWriter(_Writer):
-    """Write a ``torch.save``-compatible checkpoint one storage record at a time."""
+    """Write a ``torch.save``-compatible checkpoint; storage records in announced order, written in any order.
+
+    The records are laid out as ``torch.save`` lays them out (``data.pkl``,
+    ``.format_version``, ``.storage_alignment``, ``byteorder``, ``data/0`` …,
+    ``version``, ``.data/serialization_id``), each storage 64-byte aligned so
+    ``torch.load(mmap=True)`` maps it.
+    """
 
     def __init__(
         self,
@@ -391,39 +386,41 @@ class TorchZipWriter(_Writer):
         force_zip64: bool = False,
     ) -> None:
         super().__init__(specs)
-        self.zip = _ZipStream(fh, force_zip64=force_zip64)
+        fh.flush()
+        self.fd = fh.fileno()
+        self.zip = _ZipLayout(self.fd, fh.tell(), force_zip64=force_zip64)
         self.top = archive
         self.zip.record(f"{archive}/data.pkl", build_torch_pickle(self.specs, wrapper))
         self.zip.record(f"{archive}/.format_version", b"1")
         self.zip.record(f"{archive}/.storage_alignment", str(ALIGN).encode())
         self.zip.record(f"{archive}/byteorder", b"little")
+        self.records = [self.zip.add(f"{archive}/data/{i}", s.nbytes) for i, s in enumerate(self.specs)]
+        self.zip.record(f"{archive}/version", b"3\n")
+        serial = "".join(str(secrets.randbelow(10)) for _ in range(40)).encode()
+        self.zip.record(f"{archive}/.data/serialization_id", serial)
 
     def write_bytes(self, name: str, data: memoryview | bytes) -> None:
-        self._expect(name, len(data))
-        self.zip.begin(f"{self.top}/data/{self._next - 1}", len(data))
-        self.zip.fh.write(data)
-        self.zip.crc(data)
-        self.zip.end()
+        e = self.records[self._slot(name, len(data))]
+        pwrite_all(self.fd, data, e.data_offset)
+        self.zip.set_crc(e, zlib.crc32(data))
 
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        self._expect(name, nbytes)
-        self.zip.begin(f"{self.top}/data/{self._next - 1}", nbytes)
-        _copy_range(src_fd, src_offset, self.zip.fh, nbytes, view)
+        e = self.records[self._slot(name, nbytes)]
+        copy_range(src_fd, src_offset, self.fd, e.data_offset, nbytes, view)
         if view is not None:
-            self.zip.crc(view[:nbytes])
+            crc = zlib.crc32(view[:nbytes])
         else:
-            done = 0
+            crc, done = 0, 0
             while done < nbytes:
                 chunk = os.pread(src_fd, min(nbytes - done, 1 << 24), src_offset + done)
-                self.zip.crc(chunk)
+                if not chunk:
+                    raise WriteError("source file ended early while computing its checksum")
+                crc = zlib.crc32(chunk, crc)
                 done += len(chunk)
-        self.zip.end()
+        self.zip.set_crc(e, crc)
 
     def check_complete(self) -> None:
         super().check_complete()
-        self.zip.record(f"{self.top}/version", b"3\n")
-        serial = "".join(str(secrets.randbelow(10)) for _ in range(40)).encode()
-        self.zip.record(f"{self.top}/.data/serialization_id", serial)
         self.zip.finish()
 
 
@@ -490,7 +487,7 @@ def shard_names(count: int, prefix: str = "model", ext: str = "safetensors") -> 
 
 
 class ShardedSafetensorsWriter(_Writer):
-    """Routes tensors to consecutive shard writers; the shards are opened lazily, in order."""
+    """Routes each tensor to the shard that holds it; every shard is open from the start (any write order)."""
 
     def __init__(self, out_dir: Path, specs: Sequence[TensorSpec], max_shard_size: int, stack: contextlib.ExitStack) -> None:
         super().__init__(specs)
@@ -498,38 +495,21 @@ class ShardedSafetensorsWriter(_Writer):
         self.names = shard_names(len(self.groups))
         self.files = [out_dir / n for n in self.names]
         self.weight_map = {s.name: self.names[i] for i, g in enumerate(self.groups) for s in g}
-        self._stack = stack
-        self._shard = -1
-        self._current: SafetensorsWriter | None = None
-        self._left = 0
-
-    def _route(self) -> SafetensorsWriter:
-        while self._current is None or self._left == 0:
-            if self._current is not None:
-                self._current.check_complete()
-            self._shard += 1
-            group = self.groups[self._shard]
-            self._current = self._stack.enter_context(open_safetensors(self.files[self._shard], group))
-            self._left = len(group)
-        return self._current
+        self.shards = [stack.enter_context(open_safetensors(f, g)) for f, g in zip(self.files, self.groups)]
+        self._shard_of = {s.name: self.shards[i] for i, g in enumerate(self.groups) for s in g}
 
     def write_bytes(self, name: str, data: memoryview | bytes) -> None:
-        self._expect(name, len(data))
-        w = self._route()
-        w.write_bytes(name, data)
-        self._left -= 1
+        self._slot(name, len(data))
+        self._shard_of[name].write_bytes(name, data)
 
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        self._expect(name, nbytes)
-        w = self._route()
-        w.copy(name, src_fd, src_offset, nbytes, view)
-        self._left -= 1
+        self._slot(name, nbytes)
+        self._shard_of[name].copy(name, src_fd, src_offset, nbytes, view)
 
     def check_complete(self) -> None:
         super().check_complete()
-        if self._current is None:  # no tensors at all: still write one (empty) file
-            self._current = self._stack.enter_context(open_safetensors(self.files[0], []))
-        self._current.check_complete()
+        for shard in self.shards:
+            shard.check_complete()
 
 
 @contextlib.contextmanager
@@ -539,21 +519,25 @@ def open_sharded_safetensors(
     """``model.safetensors``, or ``model-0000i-of-0000K.safetensors`` + index when larger than ``max_shard_size``.
 
     Every shard and the index stay temp files until the last tensor is written;
-    then the shards are renamed into place and the index last, so a failure
+    then the shards are renamed into place and the index last (the index's
+    temp file is entered first, so the stack publishes it last), so a failure
     leaves nothing behind and a reader never sees an index without its shards.
     """
     out = Path(out_dir)
     with contextlib.ExitStack() as stack:
+        groups = plan_shards(specs, max_shard_size)
+        index_fh = stack.enter_context(atomic_write(out / SAFETENSORS_INDEX)) if len(groups) > 1 else None
         writer = ShardedSafetensorsWriter(out, specs, max_shard_size, stack)
-        if len(writer.groups) > 1:
-            index = {
-                "metadata": {"total_size": sum(s.nbytes for s in writer.specs)},
-                "weight_map": dict(sorted(writer.weight_map.items())),
-            }
-            fh = stack.enter_context(atomic_write(out / SAFETENSORS_INDEX))
-            fh.write((json.dumps(index, indent=2) + "\n").encode())
+        if index_fh is not None:
+            index_fh.write(index_json(writer.specs, writer.weight_map))
         yield writer
         writer.check_complete()
+
+
+def index_json(specs: Sequence[TensorSpec], weight_map: dict[str, str]) -> bytes:
+    """``model.safetensors.index.json`` as ``save_pretrained`` writes it (total_size = tensor bytes)."""
+    index = {"metadata": {"total_size": sum(s.nbytes for s in specs)}, "weight_map": dict(sorted(weight_map.items()))}
+    return (json.dumps(index, indent=2) + "\n").encode()
 
 
 def output_files(out_dir: str | os.PathLike[str], specs: Sequence[TensorSpec], max_shard_size: int) -> list[Path]:
