@@ -88,3 +88,53 @@ def ckpt_migrate_run(run_dir: Path, root: Path, probe: Probe, options: Any) -> l
     ``options`` is a ``ckpt_tool.ops.migrate.MigrateOptions`` (opt-in behaviour such as
     ``upgrade_attn``); implementations may leave the argument out if they ignore it.
     """
+
+
+@hookspec
+def ckpt_register_layouts(register: Any) -> None:
+    """Register the output layouts your convention owns: call ``register(layout)`` for each.
+
+    Called once per process, the first time a command needs a layout (``convert
+    --to NAME``, ``merge --to NAME``, ``split``). A layout
+    (``ckpt_tool.ops.layouts.Layout``: ``name``, ``description``, ``target`` "dir" |
+    "file", ``files(sink, outs)``) says which weights files a sink's tensors go
+    into, which index files follow them and which existing files would go stale;
+    ``SingleFileLayout`` and ``ShardedSafetensorsLayout`` cover the usual shapes.
+    The first plugin to register a name keeps it. Built-ins: ``lit`` (LitGPT
+    ``lit_model.pth``), ``peft`` (``adapter_model.safetensors``), ``hf``
+    (``model.safetensors`` / shards + index), ``safetensors`` and ``torch`` (one
+    plain file).
+    """
+
+
+@hookspec(firstresult=True)
+def ckpt_to_hub(source: CheckpointInfo, options: Any) -> Any | None:
+    """Express ``source`` — a checkpoint of your convention — in Hugging Face naming, or return ``None``.
+
+    Called by ``convert`` (and ``merge --to``) on the plugin that detected the
+    source (check ``source.format``). Returns a ``ckpt_tool.ops.transform.HubView``:
+    steps that read input ``"in"`` (your tensor names) and write sink ``"hub"``
+    (transformers names for models; PEFT's key grammar without ``base_model.model.``
+    for adapters), the ``config`` (``config.json`` for models, LoRA settings for
+    adapters) and side files that travel along (tokenizer). Only headers and side
+    files may be read; raise ``Unsupported`` naming what has no counterpart
+    (e.g. a LitGPT adapter v1), ``InvalidFile`` for inconsistent inputs.
+
+    Args:
+        source: what ``ckpt_detect`` said about the source path.
+        options: ``ckpt_tool.ops.convert.ConvertOptions`` (target layout, dtype, base, ...).
+    """
+
+
+@hookspec(firstresult=True)
+def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any | None:
+    """Turn a ``HubView`` into the tensors and side files of ``layout``, if you own that layout; else ``None``.
+
+    Returns a ``ckpt_tool.ops.transform.HubResult``: steps reading input ``"hub"``
+    and writing sink ``"out"``, the side files your layout needs (generated
+    ``model_config.yaml`` / ``adapter_config.json``, copied tokenizer files) and
+    layout options. The core composes the two plugins' steps
+    (``transform.compose``) so no tensor is materialised twice. Raise
+    ``Unsupported`` / ``Refused`` naming what cannot be represented (e.g. LoRA on
+    only some layers for LitGPT).
+    """

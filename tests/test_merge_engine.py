@@ -13,7 +13,8 @@ import torch
 
 from ckpt_tool.io.container import read_container
 from ckpt_tool.model import CheckpointInfo
-from ckpt_tool.ops.merge import Output, execute
+from ckpt_tool.ops.merge import run_plan
+from ckpt_tool.ops.transform import Sink
 from ckpt_tool.ops.merge_plan import MergePlan
 
 
@@ -63,12 +64,9 @@ def test_unchanged_tensors_copied_byte_for_byte(tmp_path, src_fmt, out_fmt):
     base_path = tmp_path / ("base.pth" if src_fmt == "torch" else "base.safetensors")
     torch.save(sd, base_path) if src_fmt == "torch" else save_file(sd, base_path)
     plan = _plan(base_path, sd)
-    out = Output(out_fmt, tmp_path / "out" / ("lit_model.pth" if out_fmt == "lit" else ""))
-    if out_fmt == "safetensors":
-        out = Output(out_fmt, tmp_path / "out")
-    counts = execute(plan, out)
+    counts, _ = run_plan(plan, Sink("lit" if out_fmt == "lit" else "hf", tmp_path / "out"))
     assert counts["changed"] == 1 and counts["copied"] == 4 and counts["converted"] == 0
-    out_file = out.weights if out_fmt == "lit" else tmp_path / "out" / "model.safetensors"
+    out_file = tmp_path / "out" / ("lit_model.pth" if out_fmt == "lit" else "model.safetensors")
     for name in ("embed", "layer.bias", "steps", "head"):
         assert _raw(out_file, name) == _raw(base_path, name), name  # NaN, -0.0, inf bits intact
     got = torch.load(out_file, weights_only=True) if out_fmt == "lit" else load_file(out_file)
@@ -82,7 +80,7 @@ def test_convert_rename_drop_and_noncontiguous(tmp_path):
     torch.save(sd, base_path)
     assert not read_container(base_path).tensors["transposed"].is_contiguous
     plan = _plan(base_path, sd, out_dtype="F32", drop={"head"}, rename={"embed": "tok_embeddings"})
-    counts = execute(plan, Output("lit", tmp_path / "o.pth"))
+    counts, _ = run_plan(plan, Sink("lit", tmp_path, {"weights_name": "o.pth"}))
     assert counts["dropped"] == 1 and counts["converted"] == 2 and counts["copied"] == 2  # steps + transposed
     got = torch.load(tmp_path / "o.pth", weights_only=True, mmap=True)
     assert list(got) == ["tok_embeddings", "layer.weight", "layer.bias", "steps", "transposed"]
@@ -105,9 +103,9 @@ def test_failure_mid_merge_leaves_nothing(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(KeyboardInterrupt):
-        execute(plan, Output("safetensors", out_dir, max_shard_size=300))
+        run_plan(plan, Sink("hf", out_dir, {"max_shard_size": 300}))
     with pytest.raises(KeyboardInterrupt):
-        execute(plan, Output("lit", out_dir / "lit_model.pth"))
+        run_plan(plan, Sink("lit", out_dir))
     assert list(out_dir.iterdir()) == []
 
 
@@ -122,7 +120,7 @@ def test_sharded_output_and_loader(tmp_path):
     plan = _plan(base_path, sd)
     plan.adapter_tensors = read_container(lora).tensors
     plan.changes["layer.weight"] = lambda w, load: (w.float() + load("delta")).to(torch.bfloat16)
-    execute(plan, Output("safetensors", tmp_path / "out", max_shard_size=200))
+    run_plan(plan, Sink("hf", tmp_path / "out", {"max_shard_size": 200}))
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     merged = {}
     for f in sorted(set(index["weight_map"].values())):
@@ -138,7 +136,8 @@ _MEM_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from ckpt_tool.io.container import read_container
     from ckpt_tool.model import CheckpointInfo
-    from ckpt_tool.ops.merge import Output, execute
+    from ckpt_tool.ops.merge import run_plan
+    from ckpt_tool.ops.transform import Sink
     from ckpt_tool.ops.merge_plan import MergePlan
 
     def anon():
@@ -156,7 +155,7 @@ _MEM_SCRIPT = textwrap.dedent(
             peak[0] = max(peak[0], anon())
             time.sleep(0.002)
     th = threading.Thread(target=sample); th.start()
-    execute(plan, Output("lit", out))
+    run_plan(plan, Sink("lit", out.parent, {"weights_name": out.name}))
     done[0] = True; th.join()
     print(json.dumps({"baseline": baseline, "peak": peak[0]}))
     """
@@ -187,7 +186,8 @@ _SIGINT_SCRIPT = textwrap.dedent(
     from pathlib import Path
     from ckpt_tool.io.container import read_container
     from ckpt_tool.model import CheckpointInfo
-    from ckpt_tool.ops.merge import Output, execute
+    from ckpt_tool.ops.merge import run_plan
+    from ckpt_tool.ops.transform import Sink
     from ckpt_tool.ops.merge_plan import MergePlan
 
     base_path, out = Path(sys.argv[1]), Path(sys.argv[2])
@@ -201,7 +201,8 @@ _SIGINT_SCRIPT = textwrap.dedent(
 
     plan = MergePlan(base=info, adapter=info, changes={n: slow for n in cont.tensors},
                      out_dtype={t: "F32" for t in cont.tensors})
-    execute(plan, Output(sys.argv[3], out))
+    layout = "lit" if sys.argv[3] == "lit" else "hf"
+    run_plan(plan, Sink(layout, out.parent if layout == "lit" else out, {"weights_name": out.name} if layout == "lit" else {}))
     """
 )
 

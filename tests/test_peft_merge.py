@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 from ckpt_tool.errors import Refused
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.inspect import detect
-from ckpt_tool.ops.merge import Output, execute
+from ckpt_tool.ops.merge import run_plan
+from ckpt_tool.ops.transform import SideFile, Sink
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 
 pytestmark = pytest.mark.interop
@@ -161,12 +162,12 @@ def read_dir(out: Path) -> dict[str, torch.Tensor]:
 
 
 def ours(tmp: Path, base_dir: Path, ad_dir: Path, **opts: Any) -> dict[str, torch.Tensor]:
-    """Our merge: the plan run by the streaming engine (``ops.merge.execute``) into a real output dir."""
+    """Our merge: the plan run by the streaming engine (``ops.merge.run_plan``) into a real output dir."""
     plan = plan_for(base_dir, ad_dir, **opts)
     assert plan.layout == "hf"
     assert {p.name for p in plan.copy_files} == {"config.json", "generation_config.json"}
     out = tmp / f"ours-{len(list(tmp.glob('ours-*')))}"
-    execute(plan, Output("safetensors", out, copy_files=list(plan.copy_files), copy_dir=out))
+    run_plan(plan, Sink("hf", out, {}, [SideFile(f.name, src=f) for f in plan.copy_files]))
     assert (out / "config.json").read_bytes() == (base_dir / "config.json").read_bytes()
     got = read_dir(out)
     assert_bit_equal(got, apply_plan(plan))  # the engine and the contract's plain reading agree
@@ -596,3 +597,20 @@ def test_cli_merge(tmp_path, cli):
     r = cli("merge", a, "--base", b, "--out", tmp_path / "merged3")
     assert r.code == 6 and "rewrote the base" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "merged3").exists() or not any((tmp_path / "merged3").iterdir())
+
+
+def test_resharding_with_force_removes_stale_weights(tmp_path, cli):
+    """A leftover model.safetensors next to new shards would be loaded instead of them: it counts as output."""
+    b, a = make_case(tmp_path, llama(), torch.float32, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]})
+    out = tmp_path / "st"
+    assert cli("merge", a, "--base", b, "--out", out, "--quiet").code == 0
+    assert (out / "model.safetensors").is_file()
+    res = cli("merge", a, "--base", b, "--out", out, "--max-shard-size", "20KB")
+    assert res.code == 6 and "model.safetensors" in res.stderr
+    res = cli("merge", a, "--base", b, "--out", out, "--max-shard-size", "20KB", "--force", "--json")
+    assert res.code == 0, res.stderr
+    assert json.loads(res.stdout)["removed"] == [str(out / "model.safetensors")]
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and sorted(p.name for p in out.glob("model*.safetensors")) == shards
+    assert_bit_equal(read_dir(out), reference(tmp_path, b, a, torch.float32))

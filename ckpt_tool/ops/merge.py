@@ -1,280 +1,73 @@
-"""The streaming merge engine, and the ``merge`` operation around it.
+"""``merge``: fold an adapter into its base — one client of the streaming transform engine.
 
-``merge()`` detects the adapter and its base, asks the adapter's plugin for a
-``MergePlan`` (the plugin validates the pair and owns the math), decides the
-output files, refuses unsafe writes, and hands the plan to ``execute()``.
-
-``execute()`` owns all I/O. It walks the base tensors in file order, reads each
-through a private memory map, applies ``plan.changes[name]`` (or a plain cast),
-and streams the result to a writer. A tensor that is neither changed nor
-converted is copied file-to-file (``copy_file_range``), so its bytes are
-identical to the base's and never pass through Python. Only the tensor at hand
-is ever materialised: peak anonymous memory is the interpreter plus a few
-times the largest *changed* tensor, whatever the model size.
+``build_plan`` detects the adapter and its base and asks the adapter's plugin
+for a ``MergePlan`` (the plugin validates the pair and owns the math, op for op
+like its peer). ``merge`` turns that plan into transform steps — one step per
+base tensor: a byte copy when nothing changes, the plugin's change function
+otherwise — chooses the output layout (``--to lit|hf``; default: the
+adapter's own convention) and hands everything to ``ops.engine.execute``,
+which streams one tensor at a time and publishes atomically.
 """
 
 from __future__ import annotations
 
-import collections
-import functools
+import dataclasses
 import os
-import shutil
-import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import NotFound, Refused, Unsupported
-from ckpt_tool.io.atomic import atomic_write
+from ckpt_tool.errors import NotFound, Refused, Unsupported, UsageError
 from ckpt_tool.io.container import Probe
-from ckpt_tool.io.malloc import release_large_blocks
-from ckpt_tool.io.tensors import TensorReader, torch_dtype
-from ckpt_tool.io.writers import (
-    SAFETENSORS_INDEX,
-    TensorSpec,
-    open_sharded_safetensors,
-    open_torch,
-    output_files,
-    parse_size,
-)
-from ckpt_tool.model import DTYPE_NAMES, DTYPE_SIZES, CheckpointInfo, TensorInfo
-from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
+from ckpt_tool.io.writers import parse_size
+from ckpt_tool.model import CheckpointInfo
+from ckpt_tool.ops import engine
+from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan
+from ckpt_tool.ops.transform import Out, Read, SideFile, Sink, Step, TransformPlan, copy_step
 
 if TYPE_CHECKING:
     import torch
 
-LIT_WEIGHTS = "lit_model.pth"
 DEFAULT_SHARD = "5GB"
-#: Computed tensors waiting for the writer thread, at most (bytes); at least one tensor always fits.
-WRITE_BEHIND_BYTES = 64 * 2**20
-FORMATS = ("lit", "safetensors")
+LAYOUTS = ("lit", "hf")
+SINK = "out"
 
 
-@dataclass
-class Output:
-    """Where ``execute`` writes: a torch zip file (``fmt="lit"``) or a safetensors dir (``fmt="safetensors"``)."""
-
-    fmt: str
-    weights: Path  # the lit_model.pth file, or the directory for safetensors
-    max_shard_size: int = 5 * 10**9
-    copy_files: list[Path] = field(default_factory=list)
-    copy_dir: Path | None = None
-
-    def specs_files(self, specs: list[TensorSpec]) -> list[Path]:
-        if self.fmt == "lit":
-            return [self.weights]
-        return output_files(self.weights, specs, self.max_shard_size)
-
-    def copies(self) -> list[tuple[Path, Path]]:
-        if self.copy_dir is None:
-            return []
-        pairs = []
-        for src in self.copy_files:
-            dst = self.copy_dir / src.name
-            if not _same_file(src, dst):
-                pairs.append((src, dst))
-        return pairs
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def output_specs(plan: MergePlan, fmt: str) -> list[tuple[TensorInfo, TensorSpec]]:
-    """The written tensors in write order (base file order; for safetensors, widest dtypes first
-    so every tensor stays aligned to its item size, as ``safetensors`` itself arranges them)."""
-    pairs = []
+def merge_steps(plan: MergePlan, sink: str = SINK) -> list[Step]:
+    """One step per written base tensor, in base file order: a copy/cast, or the plugin's change."""
+    steps: list[Step] = []
     for t in plan.base.tensors:
         if t.name in plan.drop:
             continue
         if t.name not in plan.out_dtype:
             raise Unsupported(f"merge plan gives no output dtype for {t.name!r} (plugin bug)")
-        pairs.append((t, TensorSpec(plan.rename.get(t.name, t.name), plan.out_dtype[t.name], tuple(t.shape))))
-    names = [s.name for _, s in pairs]
-    if len(set(names)) != len(names):
-        raise Refused("the merged model would hold two tensors of the same name", "the plan's renames collide")
-    if fmt == "safetensors":
-        pairs.sort(key=lambda p: -DTYPE_SIZES[p[1].dtype])
-    return pairs
-
-
-class _Progress:
-    """A rich progress bar on stderr, only when stderr is a terminal."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("merging"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
-            )
-            self.task = self.bar.add_task("merge", total=total)
-            self.bar.start()
-
-    def advance(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task, n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-class _WriteBehind:
-    """Performs the writes, in order, on one background thread while the next tensor is computed.
-
-    Writing (page-cache copies, CRC-32) and computing (matmuls, casts) then
-    overlap; torch and zlib release the GIL for both. Bytes of computed
-    tensors waiting to be written are bounded by ``limit``, so memory stays at
-    about two tensors, not a queue of them. An error on the writer thread is
-    re-raised in the caller at the next ``submit`` or at ``finish``.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.queue: collections.deque[tuple[int, Callable[[], None]]] = collections.deque()
-        self.cv = threading.Condition()
-        self.inflight = 0
-        self.error: BaseException | None = None
-        self.closed = False
-        self.thread = threading.Thread(target=self._run, name="ckpt-tool-writer", daemon=True)
-        self.thread.start()
-
-    def submit(self, nbytes: int, fn: Callable[[], None]) -> None:
-        with self.cv:
-            while self.error is None and self.inflight and self.inflight + nbytes > self.limit:
-                self.cv.wait()
-            if self.error is not None:
-                raise self.error
-            self.queue.append((nbytes, fn))
-            self.inflight += nbytes
-            self.cv.notify_all()
-
-    def _run(self) -> None:
-        while True:
-            with self.cv:
-                while not self.queue and not self.closed:
-                    self.cv.wait()
-                if not self.queue:
-                    return
-                nbytes, fn = self.queue[0]
-                skip = self.error is not None
-            try:
-                if not skip:
-                    fn()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                with self.cv:
-                    self.error = exc
-            with self.cv:
-                self.queue.popleft()
-                self.inflight -= nbytes
-                self.cv.notify_all()
-
-    def finish(self) -> None:
-        """Wait until everything is written; re-raise a writer error."""
-        with self.cv:
-            self.closed = True
-            self.cv.notify_all()
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def abort(self) -> None:
-        """Stop after the write in progress (the caller is unwinding an exception)."""
-        with self.cv:
-            self.error = self.error or RuntimeError("aborted")
-            self.closed = True
-            self.cv.notify_all()
-        self.thread.join()
-
-
-def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, Any]:
-    """Stream the merge described by ``plan`` into ``out``. Returns counts for the summary.
-
-    Nothing is visible at the output paths until every tensor was written and
-    fsynced; any exception (or Ctrl-C) removes the temp files.
-    """
-
-    pairs = output_specs(plan, out.fmt)
-    specs = [s for _, s in pairs]
-    release_large_blocks()
-    counts = {"changed": 0, "copied": 0, "converted": 0, "dropped": len(plan.drop & {t.name for t in plan.base.tensors})}
-    reader = TensorReader()
-    fds: dict[str, int] = {}
-
-    def load(name: str) -> torch.Tensor:
-        info = plan.adapter_tensors.get(name)
-        if info is None:
-            raise Refused(f"the merge needs adapter tensor {name!r}, which is not in the adapter")
-        return reader.tensor(info)
-
-    def fd_for(path: str) -> int:
-        if path not in fds:
-            fds[path] = os.open(path, os.O_RDONLY)
-        return fds[path]
-
-    largest = max((s.nbytes for s in specs), default=0)
-    bar = _Progress(sum(s.nbytes for s in specs), progress)
-    try:
-        if out.fmt == "lit":
-            ctx = open_torch(out.weights, specs, wrapper=plan.wrapper)
+        name, dtype = plan.rename.get(t.name, t.name), plan.out_dtype[t.name]
+        change = plan.changes.get(t.name)
+        if change is None:
+            steps.append(copy_step("base", t.name, sink, name, dtype, t.shape, "unchanged"))
         else:
-            ctx = open_sharded_safetensors(out.weights, specs, out.max_shard_size)
-        with ctx as writer:
-            behind = _WriteBehind(limit=min(largest, WRITE_BEHIND_BYTES))
-            try:
-                for info, spec in pairs:
-                    change = plan.changes.get(info.name)
-                    if change is None and spec.dtype == info.dtype and info.is_contiguous:
-                        begin, end = info.byte_range
-                        view = memoryview(reader.data(info).numpy()) if info.nbytes else memoryview(b"")
-                        fd = fd_for(info.file)
-                        # file-to-file: no anonymous memory, so it does not count against the limit
-                        behind.submit(0, functools.partial(writer.copy, spec.name, fd, begin, end - begin, view))
-                        counts["copied"] += 1
-                    else:
-                        base = reader.tensor(info)
-                        want = torch_dtype(spec.dtype)
-                        if change is not None:
-                            result = change(base, load)
-                            counts["changed"] += 1
-                        else:
-                            result = base
-                            counts["converted" if spec.dtype != info.dtype else "copied"] += 1
-                        if result.dtype != want:
-                            result = result.to(want)
-                        if tuple(result.shape) != spec.shape:
-                            raise Unsupported(
-                                f"merge of {info.name!r} produced shape {tuple(result.shape)}, "
-                                f"expected {spec.shape} (plugin bug)"
-                            )
-                        behind.submit(spec.nbytes, functools.partial(writer.write, spec.name, result))
-                        del result, base
-                    bar.advance(spec.nbytes)
-                behind.finish()
-            except BaseException:
-                behind.abort()
-                raise
-            for src, dst in out.copies():
-                with open(src, "rb") as fin, atomic_write(dst) as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
-    finally:
-        bar.close()
-        for fd in fds.values():
-            os.close(fd)
-        reader.close()
-    counts["written"] = len(specs)
-    counts["bytes"] = sum(s.nbytes for s in specs)
-    return counts
+            out = Out(sink, name, dtype, tuple(t.shape))
+            steps.append(Step((out,), (Read("base", t.name),), _apply(change, dtype), "merged"))
+    return steps
+
+
+def _apply(change: Change, dtype: str) -> Any:
+    """Run a plugin change function on the base tensor, then the plain ``.to`` cast to the plan's output dtype."""
+
+    def compute(tensors: Any, load: Any) -> list[torch.Tensor]:
+        from ckpt_tool.io.tensors import torch_dtype
+
+        result = change(tensors[0], lambda name: load("adapter", name))
+        want = torch_dtype(dtype)
+        return [result if result.dtype == want else result.to(want)]
+
+    return compute
+
+
+def transform_plan(plan: MergePlan, sink: Sink) -> TransformPlan:
+    """The engine's plan for a merge: inputs ``base`` and ``adapter`` (the tensors the change functions load)."""
+    adapter = dataclasses.replace(plan.adapter, tensors=list(plan.adapter_tensors.values()))
+    return TransformPlan({"base": plan.base, "adapter": adapter}, merge_steps(plan), {SINK: sink}, dict(plan.summary))
 
 
 # --- the operation ---------------------------------------------------------------------------------
@@ -332,30 +125,63 @@ def build_plan(adapter_path: Path, options: MergeOptions, probe: Probe | None = 
     return plan
 
 
-def decide_output(plan: MergePlan, out: Path | None, fmt: str | None, max_shard_size: str) -> Output:
-    """Map the plan's layout and the user's --out/--format onto concrete files."""
-    layout = plan.layout
-    fmt = fmt or ("lit" if layout == "lit" else "safetensors")
-    if fmt not in FORMATS:
-        raise Refused(f"unknown --format {fmt!r}", "use lit or safetensors")
+def run_plan(
+    plan: MergePlan,
+    sink: Sink,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = False,
+    tplan: TransformPlan | None = None,
+    target: engine.Target | None = None,
+) -> tuple[dict[str, int], engine.Report]:
+    """Execute a merge plan into ``sink``; returns the tensor counts of the merge summary and the engine report."""
+    tplan = tplan or transform_plan(plan, sink)
+    report = engine.execute(tplan, force=force, dry_run=dry_run, progress=progress, label="merging", target=target)
+    c = report.counts
+    counts = {
+        "written": c["tensors"],
+        "changed": sum(1 for s in tplan.steps if s.compute is not None),
+        "copied": c["copied"],
+        "converted": c["cast"],
+        "dropped": len(plan.drop & {t.name for t in plan.base.tensors}),
+        "bytes": c["bytes"],
+    }
+    return counts, report
+
+
+def decide_sink(plan: MergePlan, out: Path | None, to: str | None, max_shard_size: str) -> Sink:
+    """Map the plan's convention and the user's ``--out`` / ``--to`` onto a sink of a registered layout."""
+    layout = to or plan.layout
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown --to {layout!r}", "use lit or hf")
+    if layout != plan.layout:
+        raise Unsupported(
+            f"merging a {plan.adapter.format} adapter into {layout} output needs a conversion after the merge, "
+            "which is not available yet",
+            f"merge with --to {plan.layout}, then convert the result",
+        )
     try:
         shard = parse_size(max_shard_size)
     except ValueError as exc:
-        raise Refused(str(exc)) from None
+        raise UsageError(str(exc)) from None
+    options: dict[str, Any] = {"max_shard_size": shard}
+    if layout == "lit":
+        options["wrapper"] = plan.wrapper
     if out is not None:
         if out.exists() and not out.is_dir():
             raise Refused(f"--out {out} is a file", "--out names a directory that receives the merged checkpoint")
-        weights = out / LIT_WEIGHTS if fmt == "lit" else out
-        return Output(fmt, weights, shard, list(plan.copy_files), out)
+        return Sink(layout, out, options, [SideFile(f.name, src=f) for f in plan.copy_files])
     if plan.default_out is None:
         raise Refused("this adapter has no default output location", "pass --out DIR")
     default = Path(plan.default_out)
-    if fmt == "lit":
-        weights = default if default.suffix else default / LIT_WEIGHTS
-        return Output(fmt, weights, shard)
+    if layout == "lit":
+        if default.suffix:
+            options["weights_name"] = default.name
+            default = default.parent
+        return Sink(layout, default, options)
     target = default.parent if default.suffix else default
-    copy_dir = target if layout == "hf" else None
-    return Output(fmt, target, shard, list(plan.copy_files), copy_dir)
+    return Sink(layout, target, options, [SideFile(f.name, src=f) for f in plan.copy_files])
 
 
 def merge(
@@ -363,7 +189,7 @@ def merge(
     base: Path | None = None,
     out: Path | None = None,
     dtype: str = "auto",
-    fmt: str | None = None,
+    to: str | None = None,
     max_shard_size: str = DEFAULT_SHARD,
     force: bool = False,
     dry_run: bool = False,
@@ -380,78 +206,28 @@ def merge(
         dtype=dtype,
         adapter_name=adapter_name,
         base=base,
-        extra={"out": out, "force": force, "format": fmt},
+        extra={"out": out, "force": force, "to": to},
     )
     plan = build_plan(adapter_path, options)
-    target = decide_output(plan, out, fmt, max_shard_size)
-    specs = [s for _, s in output_specs(plan, target.fmt)]
-    files = target.specs_files(specs) + [dst for _, dst in target.copies()]
-
-    inputs = {os.path.realpath(f) for f in plan.base.files + plan.adapter.files}
-    inputs |= {os.path.realpath(t.file) for t in plan.base.tensors}
-    inputs |= {os.path.realpath(t.file) for t in plan.adapter_tensors.values()}
-    stale = _stale_weights(target, files)
-    clash = [str(f) for f in files + stale if os.path.realpath(f) in inputs]
-    if clash:
-        raise Refused(
-            f"the output would replace an input file ({', '.join(clash)})",
-            "write the merged model somewhere else with --out DIR",
-        )
-    existing = [str(f) for f in files if os.path.lexists(f)] + [str(f) for f in stale]
-    if existing and not force:
-        raise Refused(
-            f"output already exists: {', '.join(existing)}",
-            "pass --force to overwrite, or choose another --out",
-        )
-
+    sink = decide_sink(plan, out, to, max_shard_size)
+    tplan = transform_plan(plan, sink)
+    target = engine.resolve(tplan)
+    outs = tplan.outs()
     summary: dict[str, Any] = {
         "adapter": str(plan.adapter.path),
         "base": str(plan.base.path),
         "adapter_type": plan.adapter.adapter_type,
-        "format": target.fmt,
-        "outputs": [str(f) for f in files],
-        "dtype": _dtype_summary(specs),
+        "to": sink.layout,
+        "outputs": [str(p) for p in target.all_paths(tplan)],
+        "dtype": engine.dtype_summary(outs),
         "dry_run": dry_run,
     }
     summary.update(plan.summary)
-    if dry_run:
-        summary["tensors"] = {
-            "written": len(specs),
-            "changed": sum(1 for t in plan.base.tensors if t.name in plan.changes and t.name not in plan.drop),
-            "dropped": len(plan.drop),
-            "bytes": sum(s.nbytes for s in specs),
-        }
-    else:
-        summary["tensors"] = execute(plan, target, progress=progress)
-        for f in stale:  # only reached with --force: weights of an earlier merge a loader could pick instead
-            f.unlink(missing_ok=True)
-        if stale:
-            summary["removed"] = [str(f) for f in stale]
+    summary["tensors"], report = run_plan(plan, sink, force=force, dry_run=dry_run, progress=progress, tplan=tplan, target=target)
+    if report.counts.get("removed_stale"):
+        summary["removed"] = [f.removeprefix("removed ") for f in report.files if f.startswith("removed ")]
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary
 
 
-def _stale_weights(target: Output, files: list[Path]) -> list[Path]:
-    """Safetensors weights in the output dir that the new output would not replace.
-
-    A leftover ``model.safetensors`` next to a new sharded index (or old
-    shards next to a new single file) would be loaded instead of, or mixed
-    with, the new merge; they count as existing output and go with --force.
-    """
-    if target.fmt != "safetensors" or not target.weights.is_dir():
-        return []
-    d = target.weights
-    new = {os.path.realpath(f) for f in files}
-    candidates = [d / "model.safetensors", d / SAFETENSORS_INDEX, *sorted(d.glob("model-?????-of-?????.safetensors"))]
-    return [c for c in candidates if c.exists() and os.path.realpath(c) not in new]
-
-
-def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for s in specs:
-        key = DTYPE_NAMES.get(s.dtype, s.dtype)
-        out[key] = out.get(key, 0) + 1
-    return out
-
-
-__all__ = ["MergeOptions", "MergePlan", "Output", "build_plan", "decide_output", "execute", "merge"]
+__all__ = ["MergeOptions", "MergePlan", "build_plan", "decide_sink", "merge", "merge_steps", "run_plan", "transform_plan"]

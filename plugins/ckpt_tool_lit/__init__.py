@@ -41,6 +41,17 @@ def ckpt_merge_plan(adapter: Any, base: Any, options: Any) -> Any:
 
 
 @hookimpl
+def ckpt_register_layouts(register: Any) -> None:
+    from ckpt_tool.ops.layouts import SingleFileLayout
+
+    register(
+        SingleFileLayout(
+            "lit", "LitGPT checkpoint directory: lit_model.pth (+ model_config.yaml, tokenizer)", "torch", "lit_model.pth"
+        )
+    )
+
+
+@hookimpl
 def ckpt_migrate_run(run_dir: Path, root: Path, probe: Any, options: Any) -> Any:
     from ckpt_tool_lit.migrate import propose
 

@@ -38,3 +38,17 @@ def ckpt_merge_plan(adapter: Any, base: Any, options: Any) -> Any:
     from ckpt_tool_peft.merge import plan_merge
 
     return plan_merge(adapter, base, options)
+
+
+@hookimpl
+def ckpt_register_layouts(register: Any) -> None:
+    from ckpt_tool.ops.layouts import SingleFileLayout
+
+    register(
+        SingleFileLayout(
+            "peft",
+            "PEFT adapter directory: adapter_model.safetensors + adapter_config.json",
+            "safetensors",
+            "adapter_model.safetensors",
+        )
+    )

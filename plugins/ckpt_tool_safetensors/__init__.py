@@ -18,3 +18,18 @@ def ckpt_detect(path: Path, probe: Any) -> Any:
     from ckpt_tool_safetensors.detect import detect
 
     return detect(path, probe)
+
+
+@hookimpl
+def ckpt_register_layouts(register: Any) -> None:
+    from ckpt_tool.ops.layouts import ShardedSafetensorsLayout, SingleFileLayout
+
+    register(
+        ShardedSafetensorsLayout(
+            "hf",
+            "Hugging Face model directory: model.safetensors, or shards + model.safetensors.index.json "
+            "(+ config.json, tokenizer)",
+        )
+    )
+    register(SingleFileLayout("safetensors", "one .safetensors file, same tensor names", "safetensors"))
+    register(SingleFileLayout("torch", "one torch zip file (.pth/.bin), same tensor names", "torch"))

@@ -1,0 +1,160 @@
+"""Output layouts: how a sink's tensors become files. Registered by the plugin that owns the convention.
+
+The core knows containers (safetensors, torch zip); which files a convention
+writes — ``lit_model.pth`` for LitGPT, ``adapter_model.safetensors`` for PEFT,
+``model-0000i-of-0000K.safetensors`` plus an index for Hugging Face — is the
+plugin's knowledge, handed over through the ``ckpt_register_layouts`` hook.
+The generic classes below cover those shapes (one file, or safetensors shards
+with an index), so a plugin only fills in names.
+
+A layout answers one question: given the sink and its announced output
+tensors, which weights files (each with its tensors in file order), which index
+files (published after every weights file), and which existing files would
+become misleading next to the new output (removed only with ``--force``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ckpt_tool.errors import UsageError
+from ckpt_tool.model import DTYPE_SIZES
+from ckpt_tool.ops.transform import Out, SideFile, Sink
+
+
+@dataclass
+class FilePlan:
+    """One weights file: its final path, container, tensor names in file order, and container options."""
+
+    path: Path
+    container: str  # "safetensors" | "torch"
+    names: list[str]
+    metadata: dict[str, str] | None = None  # safetensors __metadata__
+    wrapper: str | None = None  # torch: None writes a bare state dict, "model" writes {"model": sd}
+
+
+@dataclass
+class LayoutFiles:
+    weights: list[FilePlan]
+    index: list[SideFile] = field(default_factory=list)
+    stale: list[Path] = field(default_factory=list)
+
+
+class Layout(Protocol):
+    name: str
+    description: str
+    #: "dir": ``Sink.path`` is the output directory; "file": it is the weights file itself.
+    target: str
+
+    def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles: ...
+
+
+def safetensors_order(outs: Sequence[Out]) -> list[Out]:
+    """Widest dtypes first (stable): every tensor stays aligned to its item size, as ``safetensors`` arranges them."""
+    return sorted(outs, key=lambda o: -DTYPE_SIZES[o.dtype])
+
+
+def _metadata(sink: Sink, default: dict[str, str] | None) -> dict[str, str] | None:
+    extra = sink.options.get("metadata")
+    if extra is None:
+        return default
+    return {**(default or {}), **{str(k): str(v) for k, v in extra.items()}}
+
+
+@dataclass
+class SingleFileLayout:
+    """All tensors in one file named ``weights_name`` inside the sink directory (or the sink path itself)."""
+
+    name: str
+    description: str
+    container: str
+    weights_name: str | None = None  # None: ``Sink.path`` is the file
+    wrapper: str | None = None
+
+    @property
+    def target(self) -> str:
+        return "file" if self.weights_name is None else "dir"
+
+    def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles:
+        if self.weights_name is None:
+            path = sink.path
+        else:
+            path = sink.path / str(sink.options.get("weights_name") or self.weights_name)
+        ordered = safetensors_order(outs) if self.container == "safetensors" else list(outs)
+        meta = _metadata(sink, {"format": "pt"}) if self.container == "safetensors" else None
+        wrapper = sink.options.get("wrapper", self.wrapper) if self.container == "torch" else None
+        return LayoutFiles([FilePlan(path, self.container, [o.name for o in ordered], meta, wrapper)])
+
+
+@dataclass
+class ShardedSafetensorsLayout:
+    """``<prefix>.safetensors``, or ``<prefix>-0000i-of-0000K.safetensors`` + ``<prefix>.safetensors.index.json``
+    past ``options["max_shard_size"]`` bytes (greedy in order, a tensor larger than the limit alone)."""
+
+    name: str
+    description: str
+    prefix: str = "model"
+    default_shard_size: int = 5 * 10**9
+    target: str = "dir"
+
+    def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles:
+        from ckpt_tool.io.writers import TensorSpec, index_json, plan_shards, shard_names
+
+        limit = sink.options.get("max_shard_size") or self.default_shard_size
+        if not isinstance(limit, int) or limit <= 0:
+            raise UsageError(f"invalid shard size {limit!r}", "use e.g. --max-shard-size 5GB")
+        ordered = safetensors_order(outs)
+        specs = [TensorSpec(o.name, o.dtype, o.shape) for o in ordered]
+        groups = plan_shards(specs, limit) if specs else [[]]
+        names = shard_names(len(groups), self.prefix)
+        meta = _metadata(sink, {"format": "pt"})
+        weights = [FilePlan(sink.path / n, "safetensors", [s.name for s in g], meta) for n, g in zip(names, groups)]
+        index: list[SideFile] = []
+        index_name = f"{self.prefix}.safetensors.index.json"
+        if len(groups) > 1:
+            wmap = {s.name: n for n, g in zip(names, groups) for s in g}
+            index.append(SideFile(index_name, data=index_json(specs, wmap)))
+        new = {p.path.name for p in weights} | {i.name for i in index}
+        stale = []
+        if sink.path.is_dir():
+            candidates = [sink.path / f"{self.prefix}.safetensors", sink.path / index_name]
+            candidates += sorted(sink.path.glob(f"{self.prefix}-?????-of-?????.safetensors"))
+            stale = [c for c in candidates if c.name not in new and c.exists()]
+        return LayoutFiles(weights, index, stale)
+
+
+# --- registry ---------------------------------------------------------------------------------------
+
+_cache: tuple[object, dict[str, Layout]] | None = None  # (plugin manager, layouts it registered)
+
+
+def layouts() -> dict[str, Layout]:
+    """Every registered layout by name, collected through ``ckpt_register_layouts`` once per plugin manager.
+
+    The first registration of a name wins (built-ins load first), so a third-party
+    plugin cannot silently replace how ``hf`` output is written.
+    """
+    global _cache
+    from ckpt_tool.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    if _cache is None or _cache[0] is not pm:
+        found: dict[str, Layout] = {}
+
+        def register(layout: Layout) -> None:
+            found.setdefault(layout.name, layout)
+
+        pm.hook.ckpt_register_layouts(register=register)
+        _cache = (pm, found)
+    return dict(_cache[1])
+
+
+def get_layout(name: str) -> Layout:
+    found = layouts()
+    if name not in found:
+        raise UsageError(f"unknown output layout {name!r}", "choose one of: " + ", ".join(sorted(found)))
+    return found[name]
+
