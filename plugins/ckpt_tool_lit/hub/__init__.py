@@ -24,7 +24,11 @@ from ckpt_tool.model import TensorInfo
 from ckpt_tool.ops.transform import Step
 
 #: Family modules, in the order LitGPT's converters test them (most specific first).
-FAMILY_MODULES: tuple[str, ...] = ()
+FAMILY_MODULES: tuple[str, ...] = (
+    "ckpt_tool_lit.hub.gemma",
+    "ckpt_tool_lit.hub.qwen",
+    "ckpt_tool_lit.hub.llama",
+)
 
 
 class Family(Protocol):
