@@ -40,3 +40,29 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise InvalidFile(f"{path}: {what} is not valid JSON ({exc})", f"fix or regenerate {path.name}") from None
+
+
+#: Files that make a checkpoint directory usable beyond its weights (tokenizer, chat template, generation
+#: defaults), as transformers' tokenizers and LitGPT's ``copy_config_files`` look for them.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+GENERATION_CONFIG = "generation_config.json"
+
+
+def travelling_files(directory: Path, names: tuple[str, ...] = (*TOKENIZER_FILES, GENERATION_CONFIG)) -> dict[str, Path]:
+    """The tokenizer / generation files present in ``directory`` (regular files only), by name."""
+    out: dict[str, Path] = {}
+    for name in names:
+        p = directory / name
+        if p.is_file() and not p.is_symlink():
+            out[name] = p
+    return out

@@ -384,6 +384,8 @@ def _run(
     fd_for: Callable[[str], int],
     counts: dict[str, int],
 ) -> None:
+    if not step.outs:
+        return  # a step that only declares tensors as consumed (e.g. rotary buffers a converter drops)
     reads = [index[(r.input, r.name)] for r in step.reads]
     if step.compute is None:
         (info,), (out,) = reads, step.outs

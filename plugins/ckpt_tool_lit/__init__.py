@@ -56,3 +56,17 @@ def ckpt_migrate_run(run_dir: Path, root: Path, probe: Any, options: Any) -> Any
     from ckpt_tool_lit.migrate import propose
 
     return propose(run_dir, root, probe, options)
+
+
+@hookimpl
+def ckpt_to_hub(source: Any, options: Any) -> Any:
+    from ckpt_tool_lit.convert import to_hub
+
+    return to_hub(source, options)
+
+
+@hookimpl
+def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any:
+    from ckpt_tool_lit.convert import from_hub
+
+    return from_hub(view, layout, options)

@@ -33,3 +33,17 @@ def ckpt_register_layouts(register: Any) -> None:
     )
     register(SingleFileLayout("safetensors", "one .safetensors file, same tensor names", "safetensors"))
     register(SingleFileLayout("torch", "one torch zip file (.pth/.bin), same tensor names", "torch"))
+
+
+@hookimpl
+def ckpt_to_hub(source: Any, options: Any) -> Any:
+    from ckpt_tool_safetensors.convert import to_hub
+
+    return to_hub(source, options)
+
+
+@hookimpl
+def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any:
+    from ckpt_tool_safetensors.convert import from_hub
+
+    return from_hub(view, layout, options)
