@@ -23,8 +23,13 @@ from ckpt_tool.errors import Unsupported
 from ckpt_tool.model import TensorInfo
 from ckpt_tool.ops.transform import Step
 
-#: Family modules, in the order LitGPT's converters test them (most specific first).
-FAMILY_MODULES: tuple[str, ...] = ()
+#: Family modules, in the order LitGPT's converters test them (most specific first): falcon and phi
+#: are claimed by name before LitGPT's fallbacks; neox claims only what LitGPT's name tests leave over.
+FAMILY_MODULES: tuple[str, ...] = (
+    "ckpt_tool_lit.hub.falcon",
+    "ckpt_tool_lit.hub.phi",
+    "ckpt_tool_lit.hub.neox",
+)
 
 
 class Family(Protocol):
