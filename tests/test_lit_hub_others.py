@@ -199,6 +199,68 @@ def test_lit_hf_lit_round_trip_is_bit_identical(case, name, overrides, family):
     assert_bits_equal(back, sd)
 
 
+def test_phi_4_reasoning_keeps_its_untied_head(tmp_path):
+    # LitGPT's convert_lit_checkpoint drops lm_head for every name starting with "Phi-4", which leaves the
+    # untied phi-4 family (phi-4, Phi-4-reasoning) with a random head in transformers; only Phi-4-mini is tied
+    model, sd = lit_model("Phi-4-reasoning", {"n_embd": 64, "n_head": 4, "n_query_groups": 2, "intermediate_size": 96})
+    cfg = asdict(model.config)
+    fam = family_for_lit(cfg)
+    hf = run(fam.to_hf_steps(cfg, infos(sd), "in", "hub"), sd, "hub")
+    ref = litgpt_to_hf(model.config, sd, tmp_path)
+    assert set(hf) - set(ref) == {"lm_head.weight"}
+    assert_bits_equal({k: hf[k] for k in ref}, ref)
+    hf_cfg = fam.hf_config(cfg)
+    assert hf_cfg["tie_word_embeddings"] is False
+    x = ids()
+    with torch.no_grad():
+        assert_close(load_hf(save_hf(hf, hf_cfg, tmp_path / "hf"))(x).logits, model(x))
+
+
+# Hub config.json files as published (transformers 4.x spelling), and the LitGPT registry entry each is.
+HUB_CONFIGS = {
+    "pythia-70m": {"architectures": ["GPTNeoXForCausalLM"], "bos_token_id": 0, "eos_token_id": 0,
+                   "hidden_act": "gelu", "hidden_size": 512, "intermediate_size": 2048, "layer_norm_eps": 1e-05,
+                   "max_position_embeddings": 2048, "model_type": "gpt_neox", "num_attention_heads": 8,
+                   "num_hidden_layers": 6, "rotary_emb_base": 10000, "rotary_pct": 0.25,
+                   "tie_word_embeddings": False, "use_parallel_residual": True, "vocab_size": 50304},
+    "phi-2": {"_name_or_path": "microsoft/phi-2", "architectures": ["PhiForCausalLM"], "hidden_act": "gelu_new",
+              "hidden_size": 2560, "intermediate_size": 10240, "layer_norm_eps": 1e-05,
+              "max_position_embeddings": 2048, "model_type": "phi", "num_attention_heads": 32,
+              "num_hidden_layers": 32, "num_key_value_heads": 32, "partial_rotary_factor": 0.4,
+              "qk_layernorm": False, "rope_scaling": None, "rope_theta": 10000.0, "tie_word_embeddings": False,
+              "vocab_size": 51200},
+    "phi-4": {"architectures": ["Phi3ForCausalLM"], "hidden_act": "silu", "hidden_size": 5120,
+              "intermediate_size": 17920, "max_position_embeddings": 16384, "model_type": "phi3",
+              "num_attention_heads": 40, "num_hidden_layers": 40, "num_key_value_heads": 10,
+              "original_max_position_embeddings": 16384, "rms_norm_eps": 1e-05, "rope_scaling": None,
+              "rope_theta": 250000, "sliding_window": None, "tie_word_embeddings": False, "vocab_size": 100352},
+    "falcon-7b": {"alibi": False, "architectures": ["FalconForCausalLM"], "bias": False, "hidden_size": 4544,
+                  "layer_norm_epsilon": 1e-05, "model_type": "falcon", "multi_query": True,
+                  "new_decoder_architecture": False, "num_attention_heads": 71, "num_hidden_layers": 32,
+                  "parallel_attn": True, "vocab_size": 65024},
+    "falcon-40b": {"alibi": False, "architectures": ["FalconForCausalLM"], "bias": False, "hidden_size": 8192,
+                   "layer_norm_epsilon": 1e-05, "model_type": "falcon", "multi_query": True,
+                   "new_decoder_architecture": True, "num_attention_heads": 128, "num_hidden_layers": 60,
+                   "num_kv_heads": 8, "parallel_attn": True, "vocab_size": 65024},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(HUB_CONFIGS))
+def test_config_json_of_real_models_gives_litgpt_own_config(name):
+    from litgpt import Config
+
+    hf = HUB_CONFIGS[name]
+    fam = family_for_hf(hf)
+    ours = resolve_lit(fam.lit_config(hf))
+    theirs = resolve_lit(asdict(Config.from_name(name)))
+    for f in ("n_layer", "n_embd", "n_head", "head_size", "n_query_groups", "padded_vocab_size", "intermediate_size",
+              "rope_n_elem", "rope_base", "parallel_residual", "shared_attention_norm", "bias", "lm_head_bias",
+              "norm_class_name", "mlp_class_name", "norm_eps", "gelu_approximate", "sliding_window_size",
+              "block_size"):  # fmt: skip
+        assert ours[f] == theirs[f], f
+    assert family_for_lit(ours) is fam
+
+
 # --- hf → lit ---------------------------------------------------------------------------------------
 
 
@@ -342,11 +404,23 @@ def test_outdated_phi_layout_is_refused():
         fam.to_lit_steps(fam.lit_config(hf_cfg), hf_cfg, {"layers.0.wte.weight": infos(sd)["lm_head.weight"]}, "in", "out")
 
 
-def test_drifted_head_of_a_tied_model_is_refused_not_dropped():
+def test_drifted_head_of_a_tied_model_is_refused_not_dropped(tmp_path):
     cfg, sd = _lit("phi-4-mini")
     sd["lm_head.weight"] = sd["lm_head.weight"] + 1
-    with pytest.raises(Refused, match="lm_head.weight differs from transformer.wte.weight"):
+    with pytest.raises(Refused, match="lm_head.weight differs from transformer.wte.weight") as exc:
         _to_hf(cfg, sd)
+    assert "'Phi-4-untied'" in exc.value.hint
+    # the hint works: under another name the model converts untied and transformers computes the same logits
+    model, _ = lit_model("Phi-4-mini-instruct", dict(next(c for c in LIT_CASES if c[0] == "phi-4-mini")[2]))
+    with torch.no_grad():
+        model.lm_head.weight.add_(1)
+    untied = {**cfg, "name": "Phi-4-untied"}
+    hf = _to_hf(untied, model.state_dict())
+    hf_cfg = family_for_lit(untied).hf_config(untied)
+    assert "lm_head.weight" in hf and hf_cfg["tie_word_embeddings"] is False
+    x = ids()
+    with torch.no_grad():
+        assert_close(load_hf(save_hf(hf, hf_cfg, tmp_path / "hf"))(x).logits, model(x))
     # the reverse: a tied config.json whose file still carries a different head
     fam = family_for_lit(cfg)
     hf = _to_hf(*_lit("phi-4-mini"))
@@ -389,7 +463,7 @@ def test_lit_configs_transformers_cannot_reproduce_are_refused(case, change, err
         fam.hf_config({**cfg, **change})
 
 
-def _hf_config(case: str, tmp_path: Path) -> dict[str, Any]:
+def _hf_config(case: str) -> dict[str, Any]:
     _, cls_name, kwargs = next(c for c in HF_CASES if c[0] == case)
     import transformers
 
@@ -412,8 +486,8 @@ def _hf_config(case: str, tmp_path: Path) -> dict[str, Any]:
                                                            "partial_rotary_factor": 0.25}}, "ambiguous"),
     ],  # fmt: skip
 )
-def test_hf_configs_litgpt_cannot_reproduce_are_refused(tmp_path, case, change, match):
-    hf = {**_hf_config(case, tmp_path), **change}
+def test_hf_configs_litgpt_cannot_reproduce_are_refused(case, change, match):
+    hf = {**_hf_config(case), **change}
     with pytest.raises(Unsupported, match=match):
         family_for_hf(hf).lit_config(hf)
 

@@ -241,9 +241,9 @@ def same_model(user: Mapping[str, Any], derived: Mapping[str, Any], fields: Sequ
             )
 
 
-#: LitGPT's converters pick a family by ``config.name`` before falling back on ``mlp_class_name``
-#: (``convert_lit_checkpoint``, 0.5.13): these names never reach the GPT-NeoX / LLaMA fallbacks.
 def lit_name_claimed(name: Any) -> bool:
+    """Whether LitGPT's converters (0.5.13) pick a family for ``name`` by name (falcon, Gemma-2/3, phi,
+    Qwen2.5/QwQ, OLMo-2, Qwen3) before falling back on ``mlp_class_name`` (LLaMA family or GPT-NeoX)."""
     if not isinstance(name, str):
         return False
     low = name.lower()
@@ -421,27 +421,30 @@ def fused_in_hf(parts: Sequence[tuple[str, Shape]], hf: str, why: str) -> Unit:
     return Unit(tuple(parts), ((hf, hf_shape),), _cat, partial(_split, sizes), why)
 
 
-def head(lit_emb: str, hf_emb: str, hf_head: str, shape: Shape, tied: bool, hf_names: Any = ()) -> list[Unit]:
+def head(
+    lit_emb: str, hf_emb: str, hf_head: str, shape: Shape, tied: bool, hf_names: Any = (), untie: str = ""
+) -> list[Unit]:
     """The embedding and the output head.
 
     A LitGPT model always has its own ``lm_head.weight``. When the Hugging Face model ties its head to the
     embeddings, lit → hf writes the embeddings only and checks, when the tensors are read, that
     ``lm_head.weight`` holds the same bits (a fine-tuned head that drifted would otherwise be dropped
-    silently, as LitGPT's converter drops it); hf → lit writes the embeddings twice, as LitGPT does. A tied
-    Hugging Face file that still carries the head (older saves do) must carry the same bits: transformers
-    would use the embeddings.
+    silently, as LitGPT's converter drops it; ``untie`` says how to keep it); hf → lit writes the embeddings
+    twice, as LitGPT does. A tied Hugging Face file that still carries the head (older saves do) must carry
+    the same bits: transformers would use the embeddings.
     """
     emb, lm = (lit_emb, shape), ("lm_head.weight", shape)
     if not tied:
         return [same(lit_emb, hf_emb, shape), same("lm_head.weight", hf_head, shape)]
     if hf_head in hf_names:
-        check = partial(_check_tied, (lit_emb, "lm_head.weight"), False)
+        hint = "config.json ties the head, so transformers ignores this file's; set tie_word_embeddings false if not"
+        check = partial(_check_tied, (hf_emb, hf_head), False, hint)
         return [Unit((emb, lm), ((hf_emb, shape), (hf_head, shape)), check, check, "tied head checked")]
     return [
         Unit(
             (emb, lm),
             ((hf_emb, shape),),
-            partial(_check_tied, (lit_emb, "lm_head.weight"), True),
+            partial(_check_tied, (lit_emb, "lm_head.weight"), True, untie or "this model type cannot hold it"),
             _twice,
             "lm_head tied to the embeddings",
         )
@@ -486,12 +489,14 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def _check_tied(names: tuple[str, str], drop: bool, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+def _check_tied(
+    names: tuple[str, str], drop: bool, hint: str, ts: Sequence[torch.Tensor], load: Any
+) -> list[torch.Tensor]:
     if not same_bits(ts[0], ts[1]):
         raise Refused(
             f"{names[1]} differs from {names[0]}, but the Hugging Face model ties its output head to the "
             "embeddings: converting would silently replace the head",
-            "the checkpoint's head was trained apart from the embeddings; this model type cannot hold it",
+            hint,
         )
     return [ts[0]] if drop else [ts[0], ts[1]]
 

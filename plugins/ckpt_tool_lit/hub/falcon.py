@@ -114,8 +114,8 @@ class Falcon:
             **F.rope_json(c["rope_base"]),
             "tie_word_embeddings": False,
             "attention_dropout": 0.0,
-            **F.TOKEN_IDS,
             "hidden_dropout": 0.0,
+            **F.TOKEN_IDS,
         }
 
     def lit_config(self, hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -85,8 +85,8 @@ class NeoX:
             "rotary_emb_base": c["rope_base"],
             **F.rope_json(c["rope_base"], c["rotary_percentage"]),
             "attention_dropout": 0.0,
-            **F.TOKEN_IDS,
             "hidden_dropout": 0.0,
+            **F.TOKEN_IDS,
         }
 
     def lit_config(self, hf: Mapping[str, Any]) -> dict[str, Any]:

@@ -224,7 +224,13 @@ class Phi:
         geo = F.geometry(c)
         q, kv, _ = geo.qkv_sizes
         phi3 = _is_phi3(c["name"])
-        units = F.head("transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight", (V, C), tied, hf_names)
+        untie = (
+            "to keep a head trained apart from the embeddings, convert the model untied: give it a name not "
+            "starting with 'Phi-4-mini' in model_config.yaml (e.g. 'Phi-4-untied')"
+        )
+        units = F.head(
+            "transformer.wte.weight", "model.embed_tokens.weight", "lm_head.weight", (V, C), tied, hf_names, untie
+        )
         for i in range(c["n_layer"]):
             lit, hf = f"transformer.h.{i}.", f"model.layers.{i}."
             if phi3:
