@@ -23,11 +23,15 @@ from ckpt_tool.errors import Unsupported
 from ckpt_tool.model import TensorInfo
 from ckpt_tool.ops.transform import Step
 
-#: Family modules, in the order LitGPT's converters test them (most specific first).
+#: Family modules, in the order LitGPT's converters test them (most specific first): falcon, gemma, phi,
+#: qwen are claimed by name before LitGPT's fallbacks; llama by MLP class; neox takes what is left.
 FAMILY_MODULES: tuple[str, ...] = (
+    "ckpt_tool_lit.hub.falcon",
     "ckpt_tool_lit.hub.gemma",
+    "ckpt_tool_lit.hub.phi",
     "ckpt_tool_lit.hub.qwen",
     "ckpt_tool_lit.hub.llama",
+    "ckpt_tool_lit.hub.neox",
 )
 
 
