@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,29 @@ def test_plan_refuses_legacy_attn_lora(tmp_path):
     with pytest.raises(Refused, match="legacy fused attention") as exc:
         plan_merge(adapter, base, MergeOptions())
     assert "--upgrade-attn" in (exc.value.hint or "")
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_merge_to_hf_equals_litgpt_merge_then_litgpt_convert(tmp_path, cli, groups):
+    """`merge final --to hf` is one streaming pass: LitGPT's merge_lora followed by its convert_lit_checkpoint,
+    bit for bit, into a directory transformers loads directly."""
+    from litgpt.scripts.convert_lit_checkpoint import convert_lit_checkpoint
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base, final = make_run(tmp_path, ALL, n_query_groups=groups)
+    ref = tmp_path / "ref_final"
+    merged = litgpt_merge(final, base, tmp_path)  # leaves ref_final/lit_model.pth
+    assert (ref / "lit_model.pth").is_file()
+    shutil.copy(base / "model_config.yaml", ref)  # as `litgpt finetune lora` copies it (no lora_* fields)
+    convert_lit_checkpoint(ref, tmp_path / "litgpt-hf")
+    want = torch.load(tmp_path / "litgpt-hf" / "model.pth", weights_only=True)
+    out = tmp_path / "ours-hf"
+    res = cli("merge", final, "--to", "hf", "--out", out, "--json")
+    assert res.code == 0, res.stderr
+    got = load_file(out / "model.safetensors")
+    assert_bit_equal(got, want)
+    model, info = AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert len(got) == len(merged) + 2 * 2  # each layer's fused qkv became q, k, v (2 layers)

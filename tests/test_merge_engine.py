@@ -14,8 +14,8 @@ import torch
 from ckpt_tool.io.container import read_container
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.merge import run_plan
-from ckpt_tool.ops.transform import Sink
 from ckpt_tool.ops.merge_plan import MergePlan
+from ckpt_tool.ops.transform import Sink
 
 
 def _info(path: Path, kind: str = "model") -> CheckpointInfo:

@@ -20,8 +20,8 @@ from ckpt_tool.errors import Refused
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.inspect import detect
 from ckpt_tool.ops.merge import run_plan
-from ckpt_tool.ops.transform import SideFile, Sink
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
+from ckpt_tool.ops.transform import SideFile, Sink
 
 pytestmark = pytest.mark.interop
 

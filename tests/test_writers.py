@@ -240,9 +240,9 @@ def test_any_write_order_gives_the_same_checkpoint(tmp_path, kind):
         d = tmp_path / ("fwd" if order[0] == "w0" else "rev")
         d.mkdir()
         if kind == "torch":
-            ctx, read = open_torch(d / "x.pth", specs), lambda: torch.load(d / "x.pth", weights_only=True, mmap=True)
+            ctx, read = open_torch(d / "x.pth", specs), lambda d=d: torch.load(d / "x.pth", weights_only=True, mmap=True)
         elif kind == "safetensors":
-            ctx, read = open_safetensors(d / "x.safetensors", specs), lambda: load_file(d / "x.safetensors")
+            ctx, read = open_safetensors(d / "x.safetensors", specs), lambda d=d: load_file(d / "x.safetensors")
         else:
             ctx = open_sharded_safetensors(d, specs, max_shard_size=100)
 

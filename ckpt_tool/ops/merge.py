@@ -151,16 +151,14 @@ def run_plan(
 
 
 def decide_sink(plan: MergePlan, out: Path | None, to: str | None, max_shard_size: str) -> Sink:
-    """Map the plan's convention and the user's ``--out`` / ``--to`` onto a sink of a registered layout."""
+    """Map the plan's convention and the user's ``--out`` / ``--to`` onto a sink of a registered layout.
+
+    Output in the adapter's own convention goes beside the adapter by default
+    (LitGPT: ``final/lit_model.pth``); another convention needs ``--out``.
+    """
     layout = to or plan.layout
     if layout not in LAYOUTS:
         raise UsageError(f"unknown --to {layout!r}", "use lit or hf")
-    if layout != plan.layout:
-        raise Unsupported(
-            f"merging a {plan.adapter.format} adapter into {layout} output needs a conversion after the merge, "
-            "which is not available yet",
-            f"merge with --to {plan.layout}, then convert the result",
-        )
     try:
         shard = parse_size(max_shard_size)
     except ValueError as exc:
@@ -171,7 +169,10 @@ def decide_sink(plan: MergePlan, out: Path | None, to: str | None, max_shard_siz
     if out is not None:
         if out.exists() and not out.is_dir():
             raise Refused(f"--out {out} is a file", "--out names a directory that receives the merged checkpoint")
-        return Sink(layout, out, options, [SideFile(f.name, src=f) for f in plan.copy_files])
+        side = [SideFile(f.name, src=f) for f in plan.copy_files] if layout == plan.layout else []
+        return Sink(layout, out, options, side)
+    if layout != plan.layout:
+        raise UsageError(f"--to {layout} writes a new checkpoint directory", "pass --out DIR")
     if plan.default_out is None:
         raise Refused("this adapter has no default output location", "pass --out DIR")
     default = Path(plan.default_out)
@@ -182,6 +183,46 @@ def decide_sink(plan: MergePlan, out: Path | None, to: str | None, max_shard_siz
         return Sink(layout, default, options)
     target = default.parent if default.suffix else default
     return Sink(layout, target, options, [SideFile(f.name, src=f) for f in plan.copy_files])
+
+
+def converted_plan(plan: MergePlan, sink: Sink, dtype: str | None) -> tuple[TransformPlan, dict[str, Any]]:
+    """Merge, then convert the merged model into ``sink.layout``, as one streaming pass.
+
+    The merged tensors never exist as a file: the merge steps (in the base's
+    convention) are composed with the base plugin's ``ckpt_to_hub`` steps and
+    the target plugin's ``ckpt_from_hub`` steps, so ``merge final --to hf``
+    writes a directory transformers loads directly.
+    """
+    from ckpt_tool.model import TensorInfo
+    from ckpt_tool.ops.convert import ConvertOptions
+    from ckpt_tool.ops.transform import HUB, compose
+
+    merged = merge_steps(plan, sink="in")  # the hub steps read the merged tensors as their input "in"
+    tensors = [
+        TensorInfo(o.name, o.dtype, o.shape, file="", data_offset=0, storage_numel=o.nbytes // max(1, _itemsize(o.dtype)))
+        for st in merged
+        for o in st.outs
+    ]
+    info = dataclasses.replace(plan.base, tensors=tensors, companions=[], training_state=False, wrapper="bare")
+    options = ConvertOptions(to=sink.layout, dtype=dtype, max_shard_size=sink.options.get("max_shard_size", 5 * 10**9))
+    pm = _plugin_manager()
+    view = pm.hook.ckpt_to_hub(source=info, options=options)
+    if view is None:
+        raise Unsupported(f"no plugin converts a merged {plan.base.format} model to {sink.layout}")
+    result = pm.hook.ckpt_from_hub(view=view, layout=sink.layout, options=options)
+    if result is None:
+        raise Unsupported(f"no plugin writes a model in the {sink.layout!r} layout")
+    steps = compose(compose(merged, view.steps, via="in"), result.steps, via=HUB)
+    adapter = dataclasses.replace(plan.adapter, tensors=list(plan.adapter_tensors.values()))
+    out_sink = Sink(sink.layout, sink.path, {**sink.options, **result.options}, result.side_files)
+    tplan = TransformPlan({"base": plan.base, "adapter": adapter}, steps, {SINK: out_sink}, dict(plan.summary))
+    return tplan, {**result.summary, "converted_to": sink.layout}
+
+
+def _itemsize(dtype: str) -> int:
+    from ckpt_tool.model import DTYPE_SIZES
+
+    return DTYPE_SIZES[dtype]
 
 
 def merge(
@@ -210,7 +251,11 @@ def merge(
     )
     plan = build_plan(adapter_path, options)
     sink = decide_sink(plan, out, to, max_shard_size)
-    tplan = transform_plan(plan, sink)
+    extra: dict[str, Any] = {}
+    if sink.layout == plan.layout:
+        tplan = transform_plan(plan, sink)
+    else:
+        tplan, extra = converted_plan(plan, sink, options.out_dtype)
     target = engine.resolve(tplan)
     outs = tplan.outs()
     summary: dict[str, Any] = {
@@ -223,6 +268,7 @@ def merge(
         "dry_run": dry_run,
     }
     summary.update(plan.summary)
+    summary.update(extra)
     summary["tensors"], report = run_plan(plan, sink, force=force, dry_run=dry_run, progress=progress, tplan=tplan, target=target)
     if report.counts.get("removed_stale"):
         summary["removed"] = [f.removeprefix("removed ") for f in report.files if f.startswith("removed ")]
