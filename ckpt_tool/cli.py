@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import sys
 import traceback
 from typing import Annotated, Any
 
 import typer
 
-from ckpt_tool import __version__
+from ckpt_tool import __version__, render
 from ckpt_tool.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -41,6 +42,25 @@ COMMANDS = (
 )
 
 _state = {"debug": False}
+#: Flags that mean the same on every command and work in any position (``ckpt-tool merge X --debug``).
+GLOBAL_FLAGS = {"--debug": "debug", "--quiet": "quiet", "-q": "quiet"}
+
+
+def _global_flags(argv: list[str]) -> list[str]:
+    """Take ``--debug`` / ``--quiet`` out of ``argv`` wherever they are (before a ``--``), and apply them."""
+    rest: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        flag = GLOBAL_FLAGS.get(arg)
+        if flag == "debug":
+            _state["debug"] = True
+        elif flag == "quiet":
+            render.set_quiet(True)
+        else:
+            rest.append(arg)
+    return rest
 
 
 def _version(value: bool) -> None:
@@ -54,10 +74,13 @@ def create_app() -> typer.Typer:
         name="ckpt-tool",
         help="Inspect, merge, convert and migrate LLM fine-tuning checkpoints (LitGPT, PEFT, safetensors, torch).",
         no_args_is_help=True,
-        add_completion=False,
+        add_completion=True,
         pretty_exceptions_enable=False,
         rich_markup_mode=None,
-        context_settings={"help_option_names": ["-h", "--help"]},
+        context_settings={
+            "help_option_names": ["-h", "--help"],
+            "max_content_width": max(80, min(shutil.get_terminal_size().columns, 160)),
+        },
     )
 
     @app.callback()
@@ -65,9 +88,19 @@ def create_app() -> typer.Typer:
         version: Annotated[
             bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
         ] = False,
-        debug: Annotated[bool, typer.Option("--debug", help="Show a traceback on errors.")] = False,
+        debug: Annotated[
+            bool, typer.Option("--debug", help="Show a traceback on errors (any position; or CKPT_TOOL_DEBUG=1).")
+        ] = False,
+        quiet: Annotated[
+            bool,
+            typer.Option(
+                "--quiet", "-q", help="No summaries, tables or progress bars; errors and --json still print (any position)."
+            ),
+        ] = False,
     ) -> None:
-        _state["debug"] = debug or bool(os.environ.get(ENV_DEBUG))
+        _state["debug"] = _state["debug"] or debug or bool(os.environ.get(ENV_DEBUG))
+        if quiet:
+            render.set_quiet(True)
 
     for name in COMMANDS:
         importlib.import_module(name).register(app)
@@ -120,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: the one place where exceptions become messages and exit codes."""
     app = create_app()
     _state["debug"] = bool(os.environ.get(ENV_DEBUG))
+    render.set_quiet(False)
+    argv = _global_flags(list(sys.argv[1:] if argv is None else argv))
     saved = sys.stdout
     if not isinstance(sys.stdout, _GuardedStdout):
         sys.stdout = _GuardedStdout(sys.stdout)

@@ -25,12 +25,33 @@ def human_bytes(n: int) -> str:
     return f"{n} B"
 
 
+_quiet = [False]
+
+
+def set_quiet(value: bool) -> None:
+    """``--quiet``: no human output (tables, summaries, messages, progress); JSON and errors still print."""
+    _quiet[0] = value
+
+
+def is_quiet() -> bool:
+    return _quiet[0]
+
+
 def emit_json(data: Any) -> None:
+    """The one JSON document a ``--json`` run prints on stdout (``--quiet`` does not hide asked-for data)."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def out(text: str) -> None:
+    """Human output on stdout (tables, summaries), unless ``--quiet``."""
+    if not _quiet[0]:
+        sys.stdout.write(text + "\n")
+
+
 def message(text: str) -> None:
-    sys.stderr.write(text + "\n")
+    """A message on stderr (warnings, notes), unless ``--quiet``."""
+    if not _quiet[0]:
+        sys.stderr.write(text + "\n")
 
 
 def table(rows: list[list[Any]], headers: list[str] | None = None) -> str:
@@ -39,6 +60,13 @@ def table(rows: list[list[Any]], headers: list[str] | None = None) -> str:
     if headers:
         return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
     return tabulate(rows, tablefmt="plain", disable_numparse=True)
+
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders numeric parts as numbers: ``h.2`` before ``h.10``."""
+    import re
+
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _lora_line(lora: dict[str, Any]) -> str:
@@ -67,7 +95,9 @@ def _summary_rows(info: CheckpointInfo) -> list[list[Any]]:
             rows.append(["targets", targets if isinstance(targets, str) else ", ".join(map(str, targets))])
     for ad in info.adapters if len(info.adapters) > 1 else []:
         rows.append([f"adapter '{ad.name}'", f"{ad.adapter_type}, {ad.tensors} tensors" + (f", {_lora_line(ad.lora)}" if ad.lora else "")])
-    rows.append(["parameters", f"{human_count(info.parameters)} ({info.parameters:,})"])
+    flt = info.metadata.get("filter")
+    scope = f" (filtered: {flt['matched']} of {flt['of']} tensors match {flt['pattern']!r})" if flt else ""
+    rows.append(["parameters", f"{human_count(info.parameters)} ({info.parameters:,}){scope}"])
     for dtype, n in info.dtypes().items():
         rows.append([f"  {dtype}", f"{human_count(n)} ({n:,})"])
     rows.append(["tensors", str(len(info.tensors))])
@@ -79,7 +109,7 @@ def _summary_rows(info: CheckpointInfo) -> list[list[Any]]:
     elif info.files:
         rows.append(["file", _short(info.files[0])])
     for key, value in info.metadata.items():
-        if value in (None, "", [], {}):
+        if key == "filter" or value in (None, "", [], {}):
             continue
         text = value if isinstance(value, str) else json.dumps(value, default=str)
         if len(text) > 100:
@@ -97,7 +127,8 @@ def render_inspect(info: CheckpointInfo, with_tensors: bool) -> str:
     for comp in info.companions:
         out.append("\nalso here:\n" + table(_summary_rows(comp)))
     if with_tensors:
-        rows = [[t.name, DTYPE_NAMES.get(t.dtype, t.dtype), "×".join(map(str, t.shape)) or "scalar", f"{t.numel:,}"] for t in info.tensors]
+        ordered = sorted(info.tensors, key=lambda t: natural_key(t.name))
+        rows = [[t.name, DTYPE_NAMES.get(t.dtype, t.dtype), "×".join(map(str, t.shape)) or "scalar", f"{t.numel:,}"] for t in ordered]
         out.append("\n" + table(rows, ["name", "dtype", "shape", "params"]))
     warnings = list(info.warnings) + [w for c in info.companions for w in c.warnings]
     if warnings:

@@ -90,7 +90,7 @@ def test_installed_third_party_plugin(tmp_path: Path) -> None:
     env = {"PYTHONPATH": str(site)}
     res = run_subprocess("plugins", "--json", env=env)
     assert res.code == 0, res.stderr
-    plugins = {p["name"]: p for p in json.loads(res.stdout)}
+    plugins = {p["name"]: p for p in json.loads(res.stdout)["plugins"]}
     assert plugins["fakefmt"]["source"] == "installed" and plugins["fakefmt"]["version"] == "0.3"
     assert plugins["fakefmt"]["hooks"] == ["ckpt_detect"]
     res = run_subprocess("inspect", "--json", f, env=env)
@@ -114,7 +114,7 @@ def test_plugins_command_table_and_json(cli) -> None:
     res = cli("plugins")
     assert res.code == 0 and "built-in" in res.stdout and "ckpt_detect" in res.stdout
     res = cli("plugins", "--json")
-    assert {p["name"] for p in json.loads(res.stdout)} >= BUILTINS
+    assert {p["name"] for p in json.loads(res.stdout)["plugins"]} >= BUILTINS
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], []])

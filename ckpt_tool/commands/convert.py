@@ -51,7 +51,6 @@ def register(app: typer.Typer) -> None:
         base: Annotated[str | None, typer.Option("--base", help="Adapters: the base model to record (base_model_name_or_path).")] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and list the outputs; write nothing.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     ) -> None:
         """Convert between LitGPT, Hugging Face and PEFT conventions, or between .pth and .safetensors.
@@ -71,9 +70,9 @@ def register(app: typer.Typer) -> None:
             base=base,
             force=force,
             dry_run=dry_run,
-            progress=not quiet and not json_out,
+            progress=not render.is_quiet() and not json_out,
         )
         if json_out:
             render.emit_json(summary)
-        elif not quiet:
-            typer.echo(_human(summary))
+        else:
+            render.out(_human(summary))

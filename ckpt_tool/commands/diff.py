@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
                     _fmt_diff(e.max_abs_diff),
                 ])
             if rows:
-                typer.echo(render.table(rows, ["tensor", "status", "dtype", "shape", "max |Δ|"]))
-            typer.echo(result.summary_line())
+                render.out(render.table(rows, ["tensor", "status", "dtype", "shape", "max |Δ|"]))
+            render.out(result.summary_line())
         if result.exit_code:
             raise typer.Exit(result.exit_code)

@@ -29,4 +29,4 @@ def register(app: typer.Typer) -> None:
         if json_out:
             render.emit_json(info.to_json(with_tensors=tensors))
         else:
-            typer.echo(render.render_inspect(info, with_tensors=tensors))
+            render.out(render.render_inspect(info, with_tensors=tensors))

@@ -44,7 +44,6 @@ def register(app: typer.Typer) -> None:
         max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")] = "5GB",
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and say what would be written; write nothing.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
         adapter_name: Annotated[str | None, typer.Option("--adapter", help="Which adapter of a multi-adapter PEFT dir.")] = None,
     ) -> None:
@@ -66,9 +65,9 @@ def register(app: typer.Typer) -> None:
             force=force,
             dry_run=dry_run,
             adapter_name=adapter_name,
-            progress=not quiet and not json_out,
+            progress=not render.is_quiet() and not json_out,
         )
         if json_out:
             render.emit_json(summary)
-        elif not quiet:
-            typer.echo(_human(summary))
+        else:
+            render.out(_human(summary))

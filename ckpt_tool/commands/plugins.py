@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         """List the loaded format plugins, where they come from and the hooks each implements."""
         records = list_plugins()
         if json_out:
-            render.emit_json([asdict(r) for r in records])
+            render.emit_json({"plugins": [asdict(r) for r in records]})
             return
         headers = ["name", "source", "module", "version", "hooks"]
         rows = [[r.name, r.source, r.module, r.version or "", ", ".join(r.hooks)] for r in records]
@@ -27,4 +27,4 @@ def register(app: typer.Typer) -> None:
             headers.append("status")
             for row, r in zip(rows, records):
                 row.append(r.status)
-        typer.echo(render.table(rows, headers))
+        render.out(render.table(rows, headers))

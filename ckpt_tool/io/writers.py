@@ -450,20 +450,27 @@ def open_torch(
 
 
 def parse_size(text: str) -> int:
-    """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``"1234"`` -> 1234 (HF conventions)."""
+    """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``"1234"`` -> 1234, ``"0"`` -> 0 (HF conventions).
+
+    Raises ``ValueError`` for anything that is not a finite, non-negative size below 1 PB
+    (``inf``, ``nan``, ``1e400``, ``-5GB``).
+    """
+    import math
+
     units = {
         "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
     }
-    s = text.strip().upper().replace(" ", "")
+    bad = ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)")
+    s = str(text).strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num) :]
     try:
         value = float(num)
     except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)") from None
-    if unit not in units or value <= 0:
-        raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)")
+        raise bad from None
+    if unit not in units or not math.isfinite(value) or value < 0 or value * units[unit] >= 10**15:
+        raise bad
     return int(value * units[unit])
 
 

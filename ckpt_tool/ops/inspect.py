@@ -36,7 +36,20 @@ def detect(path: str | os.PathLike[str], probe: Probe | None = None) -> Checkpoi
 
 
 def filter_tensors(info: CheckpointInfo, pattern: str | None) -> CheckpointInfo:
-    """Keep only the tensors whose names match the glob ``pattern`` (for display)."""
-    if pattern:
-        info.tensors = [t for t in info.tensors if fnmatch.fnmatchcase(t.name, pattern)]
+    """Keep only the tensors whose names match the glob ``pattern`` (for display); totals become the filtered ones.
+
+    The unfiltered count is kept in ``metadata["filter"]`` so every rendering says the totals are filtered.
+    Raises ``NotFound`` when nothing matches (a typo should not look like an empty checkpoint).
+    """
+    if not pattern:
+        return info
+    total = len(info.tensors)
+    kept = [t for t in info.tensors if fnmatch.fnmatchcase(t.name, pattern)]
+    if not kept:
+        raise NotFound(
+            f"{info.path}: no tensor name matches --filter {pattern!r} ({total} tensors)",
+            "check the pattern; it is a shell-style glob over full names, e.g. 'transformer.h.0.*' or '*lora_A*'",
+        )
+    info.tensors = kept
+    info.metadata["filter"] = {"pattern": pattern, "matched": len(kept), "of": total}
     return info

@@ -92,7 +92,7 @@ class SingleFileLayout:
 @dataclass
 class ShardedSafetensorsLayout:
     """``<prefix>.safetensors``, or ``<prefix>-0000i-of-0000K.safetensors`` + ``<prefix>.safetensors.index.json``
-    past ``options["max_shard_size"]`` bytes (greedy in order, a tensor larger than the limit alone)."""
+    past ``options["max_shard_size"]`` bytes (greedy in order, a tensor larger than the limit alone; 0: one file)."""
 
     name: str
     description: str
@@ -103,12 +103,13 @@ class ShardedSafetensorsLayout:
     def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles:
         from ckpt_tool.io.writers import TensorSpec, index_json, plan_shards, shard_names
 
-        limit = sink.options.get("max_shard_size") or self.default_shard_size
-        if not isinstance(limit, int) or limit <= 0:
-            raise UsageError(f"invalid shard size {limit!r}", "use e.g. --max-shard-size 5GB")
+        limit = sink.options.get("max_shard_size")
+        limit = self.default_shard_size if limit is None else limit
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise UsageError(f"invalid shard size {limit!r}", "use e.g. --max-shard-size 5GB (0: one file)")
         ordered = safetensors_order(outs)
         specs = [TensorSpec(o.name, o.dtype, o.shape) for o in ordered]
-        groups = plan_shards(specs, limit) if specs else [[]]
+        groups = plan_shards(specs, limit) if specs and limit else [specs]
         names = shard_names(len(groups), self.prefix)
         meta = _metadata(sink, {"format": "pt"})
         weights = [FilePlan(sink.path / n, "safetensors", [s.name for s in g], meta) for n, g in zip(names, groups)]

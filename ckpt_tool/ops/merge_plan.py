@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import Refused
+from ckpt_tool.errors import UsageError
 from ckpt_tool.io.tensors import DTYPE_ALIASES
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ class MergeOptions:
         if self.dtype != "auto":
             name = DTYPE_ALIASES.get(str(self.dtype).lower())
             if name is None:
-                raise Refused(f"unknown --dtype {self.dtype!r}", "use auto, bf16, fp16 or fp32")
+                raise UsageError(f"unknown --dtype {self.dtype!r}", "use auto, bf16, fp16 or fp32")
             self.dtype = name
 
     @property
