@@ -492,8 +492,16 @@ def shard_names(count: int, prefix: str = "model", ext: str = "safetensors") -> 
 class ShardedSafetensorsWriter(_Writer):
     """Routes tensors to consecutive shard writers; the shards are opened lazily, in order."""
 
-    def __init__(self, out_dir: Path, specs: Sequence[TensorSpec], max_shard_size: int, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        specs: Sequence[TensorSpec],
+        max_shard_size: int,
+        stack: contextlib.ExitStack,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(specs)
+        self.metadata = metadata
         self.groups = plan_shards(self.specs, max_shard_size)
         self.names = shard_names(len(self.groups))
         self.files = [out_dir / n for n in self.names]
@@ -509,7 +517,7 @@ class ShardedSafetensorsWriter(_Writer):
                 self._current.check_complete()
             self._shard += 1
             group = self.groups[self._shard]
-            self._current = self._stack.enter_context(open_safetensors(self.files[self._shard], group))
+            self._current = self._stack.enter_context(open_safetensors(self.files[self._shard], group, self.metadata))
             self._left = len(group)
         return self._current
 
@@ -528,13 +536,16 @@ class ShardedSafetensorsWriter(_Writer):
     def check_complete(self) -> None:
         super().check_complete()
         if self._current is None:  # no tensors at all: still write one (empty) file
-            self._current = self._stack.enter_context(open_safetensors(self.files[0], []))
+            self._current = self._stack.enter_context(open_safetensors(self.files[0], [], self.metadata))
         self._current.check_complete()
 
 
 @contextlib.contextmanager
 def open_sharded_safetensors(
-    out_dir: str | os.PathLike[str], specs: Sequence[TensorSpec], max_shard_size: int
+    out_dir: str | os.PathLike[str],
+    specs: Sequence[TensorSpec],
+    max_shard_size: int,
+    metadata: dict[str, str] | None = None,
 ) -> Iterator[ShardedSafetensorsWriter]:
     """``model.safetensors``, or ``model-0000i-of-0000K.safetensors`` + index when larger than ``max_shard_size``.
 
@@ -544,7 +555,7 @@ def open_sharded_safetensors(
     """
     out = Path(out_dir)
     with contextlib.ExitStack() as stack:
-        writer = ShardedSafetensorsWriter(out, specs, max_shard_size, stack)
+        writer = ShardedSafetensorsWriter(out, specs, max_shard_size, stack, metadata)
         if len(writer.groups) > 1:
             index = {
                 "metadata": {"total_size": sum(s.nbytes for s in writer.specs)},

@@ -11,14 +11,27 @@ converted is copied file-to-file (``copy_file_range``), so its bytes are
 identical to the base's and never pass through Python. Only the tensor at hand
 is ever materialised: peak anonymous memory is the interpreter plus a few
 times the largest *changed* tensor, whatever the model size.
+
+Publishing order (a failure at any point leaves no output that looks usable):
+side files (``config.json``...) are first *staged* as fsynced temp files, then
+the weight files are written and renamed into place (a sharded index last),
+and only then are the side files renamed. Stale temp files of killed earlier
+runs in the output directory are removed first (``io.atomic.clean_stale_temps``).
+
+The adapter is never merged twice: a base that lies in the adapter's own
+folder, that holds a copy of the adapter's files, or whose safetensors header
+records this adapter's fingerprint (every safetensors merge output does, under
+``MERGE_MARK``) is refused, and so is an output directory the plugin protects
+(the adapter's own folders).
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import os
-import shutil
+import stat
 import sys
 import threading
 import time
@@ -27,8 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import NotFound, Refused, Unsupported
-from ckpt_tool.io.atomic import atomic_write
+from ckpt_tool.errors import CkptError, NotFound, Refused, Unsupported
+from ckpt_tool.io.atomic import Staged, clean_stale_temps, stage_copy
 from ckpt_tool.io.container import Probe
 from ckpt_tool.io.malloc import release_large_blocks
 from ckpt_tool.io.tensors import TensorReader, torch_dtype
@@ -51,6 +64,11 @@ DEFAULT_SHARD = "5GB"
 #: Computed tensors waiting for the writer thread, at most (bytes); at least one tensor always fits.
 WRITE_BEHIND_BYTES = 64 * 2**20
 FORMATS = ("lit", "safetensors")
+#: safetensors ``__metadata__`` key of a merge output: the fingerprint of the adapter merged into it.
+MERGE_MARK = "ckpt_tool.merged_adapter"
+#: Files up to this size are fingerprinted whole; larger ones by ``_SAMPLES`` evenly spaced blocks.
+_FULL_HASH_BYTES = 4 << 20
+_SAMPLES, _SAMPLE_BYTES = 16, 64 << 10
 
 
 @dataclass
@@ -62,6 +80,7 @@ class Output:
     max_shard_size: int = 5 * 10**9
     copy_files: list[Path] = field(default_factory=list)
     copy_dir: Path | None = None
+    metadata: dict[str, str] | None = None  # safetensors __metadata__ (None: {"format": "pt"})
 
     def specs_files(self, specs: list[TensorSpec]) -> list[Path]:
         if self.fmt == "lit":
@@ -224,11 +243,15 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
 
     largest = max((s.nbytes for s in specs), default=0)
     bar = _Progress(sum(s.nbytes for s in specs), progress)
+    staged: list[Staged] = []
     try:
+        # side files first as temps: a full disk shows up here, before any weight is written
+        for src, dst in out.copies():
+            staged.append(stage_copy(src, dst))
         if out.fmt == "lit":
             ctx = open_torch(out.weights, specs, wrapper=plan.wrapper)
         else:
-            ctx = open_sharded_safetensors(out.weights, specs, out.max_shard_size)
+            ctx = open_sharded_safetensors(out.weights, specs, out.max_shard_size, out.metadata)
         with ctx as writer:
             behind = _WriteBehind(limit=min(largest, WRITE_BEHIND_BYTES))
             try:
@@ -264,10 +287,12 @@ def execute(plan: MergePlan, out: Output, progress: bool = False) -> dict[str, A
             except BaseException:
                 behind.abort()
                 raise
-            for src, dst in out.copies():
-                with open(src, "rb") as fin, atomic_write(dst) as fout:
-                    shutil.copyfileobj(fin, fout, 1 << 20)
+        # the weights are in place (a sharded index last): now the side files that describe them
+        for st in staged:
+            st.publish()
     finally:
+        for st in staged:
+            st.discard()  # no-op for the published ones
         bar.close()
         for fd in fds.values():
             os.close(fd)
@@ -319,17 +344,88 @@ def build_plan(adapter_path: Path, options: MergeOptions, probe: Probe | None = 
         raise Refused(f"{base_path} is an adapter, not a base model", "pass the base model with --base PATH")
     mine = {os.path.realpath(f) for f in adapter.files}
     if any(mine & {os.path.realpath(f) for f in c.files} for c in base.companions):
-        raise Refused(
-            f"{base_path} is this adapter's own merged model: merging into it would add the delta twice",
-            "pass the original base model with --base (hyperparameters.yaml checkpoint_dir records it)",
-        )
+        raise _twice(base_path, "it is the merged model beside this adapter")
     plan = pm.hook.ckpt_merge_plan(adapter=adapter, base=base, options=options)
     if plan is None:
         raise Unsupported(
             f"no plugin can merge a {adapter.format} {adapter.adapter_type or ''} adapter".replace("  ", " "),
             "run 'ckpt-tool plugins' to see the formats understood here",
         )
+    if not plan.identity:
+        plan.identity = sorted({Path(t.file) for t in plan.adapter_tensors.values()} | {Path(f) for f in adapter.files})
+    _refuse_own_output(plan, base_path, probe)
     return plan
+
+
+def _twice(base_path: Path, why: str) -> Refused:
+    return Refused(
+        f"{base_path} is this adapter's own merge output ({why}): merging into it would add the delta twice",
+        "pass the original base model with --base (the adapter's config records it: hyperparameters.yaml "
+        "checkpoint_dir, adapter_config.json base_model_name_or_path)",
+    )
+
+
+def _digest_file(path: Path, h: Any) -> None:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        h.update(f"{size}\0".encode())
+        if size <= _FULL_HASH_BYTES:
+            h.update(fh.read(size))
+            return
+        for i in range(_SAMPLES):
+            fh.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+            h.update(fh.read(_SAMPLE_BYTES))
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """A cheap identity of an adapter's files (at most ~1 MB read per file past 4 MB): sha256 over each
+    file's size and content, or evenly spaced samples of it. Trained weights differ everywhere, so two
+    different adapters (or one adapter with another scale in its config) never share a fingerprint."""
+    h = hashlib.sha256(b"ckpt-tool adapter fingerprint v1\0")
+    for p in paths:
+        _digest_file(p, h)
+    return h.hexdigest()
+
+
+def _same_content(copy: Path, original: Path) -> bool:
+    """Whether ``copy`` (another file) holds the same bytes as ``original``, by size then fingerprint."""
+    try:
+        if os.path.samefile(copy, original) or copy.stat().st_size != original.stat().st_size:
+            return False
+        return fingerprint([copy]) == fingerprint([original])
+    except OSError:
+        return False
+
+
+def _refuse_own_output(plan: MergePlan, base_path: Path, probe: Probe) -> None:
+    """Refuse a base that is this adapter's merge output, by path and by (cheap) content.
+
+    * a base file in one of the adapter's folders: LitGPT writes ``final/lit_model.pth`` beside the
+      adapter, and a PEFT folder holding model weights loads as base + adapter;
+    * a base folder holding a copy of one of the adapter's files (``cp -r final/ merged/``);
+    * a safetensors base whose header records this adapter's fingerprint (ckpt-tool's merge output).
+    """
+    own_dirs = {os.path.realpath(p.parent) for p in plan.identity}
+    own_dirs |= {os.path.realpath(os.path.dirname(f)) for f in plan.adapter.files}
+    own_dirs |= {os.path.realpath(d) for d in plan.protected_dirs}
+    base_files = sorted({os.path.realpath(f) for f in plan.base.files} | {os.path.realpath(t.file) for t in plan.base.tensors})
+    for f in base_files:
+        if os.path.dirname(f) in own_dirs:
+            raise _twice(base_path, f"{f} lies in the adapter's own folder")
+    for d in sorted({os.path.dirname(f) for f in base_files}):
+        for mine in plan.identity:
+            twin = Path(d) / mine.name
+            if twin.is_file() and _same_content(twin, mine):
+                raise _twice(base_path, f"its folder holds a copy of the adapter's {mine.name}")
+    fp = fingerprint(plan.identity)
+    plan.summary.setdefault("adapter_fingerprint", fp)
+    for f in base_files:
+        try:
+            meta = probe.container(f).metadata
+        except CkptError:
+            continue
+        if meta.get(MERGE_MARK) == fp:
+            raise _twice(base_path, f"the header of {f} records this adapter's fingerprint")
 
 
 def decide_output(plan: MergePlan, out: Path | None, fmt: str | None, max_shard_size: str) -> Output:
@@ -342,9 +438,18 @@ def decide_output(plan: MergePlan, out: Path | None, fmt: str | None, max_shard_
         shard = parse_size(max_shard_size)
     except ValueError as exc:
         raise Refused(str(exc)) from None
+    if out is not None and plan.default_out is not None and _same_path(out, Path(plan.default_out).parent):
+        out = None  # --out names the folder the format's own convention merges into: exactly the default
     if out is not None:
         if out.exists() and not out.is_dir():
             raise Refused(f"--out {out} is a file", "--out names a directory that receives the merged checkpoint")
+        for d in plan.protected_dirs:
+            if _same_path(out, d):
+                raise Refused(
+                    f"--out {out} is the adapter's own folder: the merged model would sit next to the adapter "
+                    "and be loaded with it (or mistaken for it), applying the delta twice",
+                    "write the merged model to a new directory with --out",
+                )
         weights = out / LIT_WEIGHTS if fmt == "lit" else out
         return Output(fmt, weights, shard, list(plan.copy_files), out)
     if plan.default_out is None:
@@ -356,6 +461,10 @@ def decide_output(plan: MergePlan, out: Path | None, fmt: str | None, max_shard_
     target = default.parent if default.suffix else default
     copy_dir = target if layout == "hf" else None
     return Output(fmt, target, shard, list(plan.copy_files), copy_dir)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def merge(
@@ -397,6 +506,12 @@ def merge(
             f"the output would replace an input file ({', '.join(clash)})",
             "write the merged model somewhere else with --out DIR",
         )
+    not_files = [str(f) for f in files if _not_a_file(f)]
+    if not_files:
+        raise Refused(
+            f"output path {not_files[0]} exists and is not a regular file (a directory?)",
+            "remove it or choose another --out; --force only replaces files",
+        )
     existing = [str(f) for f in files if os.path.lexists(f)] + [str(f) for f in stale]
     if existing and not force:
         raise Refused(
@@ -414,6 +529,10 @@ def merge(
         "dry_run": dry_run,
     }
     summary.update(plan.summary)
+    if plan.warnings:
+        summary["warnings"] = list(plan.warnings)
+    if target.fmt == "safetensors":
+        target.metadata = {"format": "pt", MERGE_MARK: plan.summary["adapter_fingerprint"]}
     if dry_run:
         summary["tensors"] = {
             "written": len(specs),
@@ -422,6 +541,9 @@ def merge(
             "bytes": sum(s.nbytes for s in specs),
         }
     else:
+        cleaned = [p for d in sorted({f.parent for f in files}) for p in clean_stale_temps(d)]
+        if cleaned:
+            summary["removed_temp_files"] = [str(p) for p in cleaned]
         summary["tensors"] = execute(plan, target, progress=progress)
         for f in stale:  # only reached with --force: weights of an earlier merge a loader could pick instead
             f.unlink(missing_ok=True)
@@ -444,6 +566,15 @@ def _stale_weights(target: Output, files: list[Path]) -> list[Path]:
     new = {os.path.realpath(f) for f in files}
     candidates = [d / "model.safetensors", d / SAFETENSORS_INDEX, *sorted(d.glob("model-?????-of-?????.safetensors"))]
     return [c for c in candidates if c.exists() and os.path.realpath(c) not in new]
+
+
+def _not_a_file(path: Path) -> bool:
+    """An existing output path that a rename cannot replace (a directory, a socket...)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode)
 
 
 def _dtype_summary(specs: list[TensorSpec]) -> dict[str, int]:
