@@ -12,3 +12,6 @@ from __future__ import annotations
 #: LoRA scale alpha/r (and alpha itself): real adapters use 0.01-1000; a NaN, infinite or absurd value
 #: would silently turn every merged weight into garbage.
 MAX_LORA_SCALE = 1e6
+#: LoRA rank r: no real weight matrix has more rows; a larger recorded r is damage (and would overflow
+#: a float square root with rsLoRA).
+MAX_LORA_RANK = 1 << 20

@@ -73,7 +73,8 @@ def _lora_line(lora: dict[str, Any]) -> str:
     def known(value: Any) -> Any:
         return "unknown" if value is None else value
 
-    parts = [f"r={known(lora.get('r'))}", f"alpha={known(lora.get('alpha'))}"]
+    assumed = " (assumed)" if "alpha" in (lora.get("assumed") or []) else ""
+    parts = [f"r={known(lora.get('r'))}", f"alpha={known(lora.get('alpha'))}{assumed}"]
     for flag in ("use_rslora", "use_dora", "fan_in_fan_out"):
         if lora.get(flag):
             parts.append(flag.removeprefix("use_"))

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ckpt_tool.errors import Refused
+from ckpt_tool.errors import Refused, Unsupported
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops.inspect import detect
 from ckpt_tool.ops.merge import run_plan
@@ -358,13 +358,17 @@ def test_bf16_saved_adapter_on_fp32_base(tmp_path):
     check(tmp_path, b, a, torch.float32, changed=4)
 
 
-def test_dtype_override_casts_at_the_end(tmp_path):
+def test_dtype_override_loads_the_base_in_that_dtype(tmp_path):
+    """--dtype X is from_pretrained(base, dtype=X) + merge_and_unload: the base is cast BEFORE the merge
+    math (it used to be a cast of the fp32 result, which rounds differently)."""
     b, a = make_case(
         tmp_path, llama(), torch.float32, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
     )
-    ref = reference(tmp_path, b, a, torch.float32)
+    ref = reference(tmp_path, b, a, torch.bfloat16)
     got = ours(tmp_path, b, a, dtype="bf16")
-    assert_bit_equal(got, {k: v.to(torch.bfloat16) for k, v in ref.items()})
+    assert_bit_equal(got, ref)
+    cast_after = {k: v.to(torch.bfloat16) for k, v in reference(tmp_path / "f", b, a, torch.float32).items()}
+    assert any(not torch.equal(got[k], cast_after[k]) for k in got)  # the two orders really differ here
 
 
 def test_multi_adapter_dir(tmp_path):
@@ -414,21 +418,22 @@ def simple(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "changes, words",
+    "changes, words, error",
     [
-        ({"init_lora_weights": "pissa"}, "rewrote the base"),
-        ({"init_lora_weights": "olora"}, "path_initial_model_for_weight_conversion"),
-        ({"init_lora_weights": "loftq"}, "rewrote the base"),
-        ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
-        ({"use_bdlora": {"x": 1}}, "use_bdlora"),
-        ({"peft_type": "IA3"}, "IA3"),
-        ({"peft_type": "PREFIX_TUNING"}, "only LoRA"),
+        ({"init_lora_weights": "pissa"}, "rewrote the base", Refused),
+        ({"init_lora_weights": "olora"}, "path_initial_model_for_weight_conversion", Refused),
+        ({"init_lora_weights": "loftq"}, "rewrote the base", Refused),
+        # a tuner or variant with its own merge rule is Unsupported (exit 5), not a refused input (exit 6)
+        ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication", Unsupported),
+        ({"use_bdlora": {"x": 1}}, "use_bdlora", Unsupported),
+        ({"peft_type": "IA3"}, "IA3", Unsupported),
+        ({"peft_type": "PREFIX_TUNING"}, "only LoRA", Unsupported),
     ],
 )
-def test_refuses_unmergeable_configs(simple, changes, words):
+def test_refuses_unmergeable_configs(simple, changes, words, error):
     b, a = simple
     _edit_config(a, **changes)
-    with pytest.raises(Refused) as exc:
+    with pytest.raises(error) as exc:
         plan_for(b, a)
     assert words in str(exc.value)
 
@@ -567,8 +572,8 @@ def test_merge_operation_finds_local_base(tmp_path):
     ref = reference(tmp_path, b, a, torch.bfloat16)
     assert_bit_equal(read_dir(out), ref)
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json"}
-    merge(a, out=tmp_path / "merged_fp32", dtype="fp32")  # cast after the merge, in the base dtype
-    assert_bit_equal(read_dir(tmp_path / "merged_fp32"), {k: v.float() for k, v in ref.items()})
+    merge(a, out=tmp_path / "merged_fp32", dtype="fp32")  # from_pretrained(base, dtype=fp32), then merge
+    assert_bit_equal(read_dir(tmp_path / "merged_fp32"), reference(tmp_path / "r32", b, a, torch.float32))
     _edit_config(a, base_model_name_or_path="some-org/not-here")
     from ckpt_tool.errors import NotFound
 

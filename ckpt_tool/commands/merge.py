@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         adapter: Annotated[Path, typer.Argument(help="The adapter: a LitGPT final/ or step-*/ dir, a PEFT adapter dir, or its weights file.")],
         base: Annotated[Path | None, typer.Option("--base", help="The base model (default: the one the adapter records).")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Write a complete checkpoint directory here.")] = None,
-        dtype: Annotated[str, typer.Option("--dtype", help="auto (LitGPT: the LoRA dtype; PEFT: the base dtype), bf16, fp16 or fp32.")] = "auto",
+        dtype: Annotated[str, typer.Option("--dtype", help="auto (LitGPT: the LoRA dtype, as litgpt merge_lora; PEFT: the base's config.json dtype, as from_pretrained), bf16, fp16 or fp32 (LitGPT: cast of the result; PEFT: the dtype the base is loaded in).")] = "auto",
         to: Annotated[str | None, typer.Option("--to", metavar="[lit|hf]", help="Output convention and container: lit (lit_model.pth) or hf (model.safetensors, sharded past --max-shard-size, + config.json). Default: the adapter's own.")] = None,
         max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB.")] = "5GB",
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
@@ -67,6 +67,8 @@ def register(app: typer.Typer) -> None:
             adapter_name=adapter_name,
             progress=not render.is_quiet() and not json_out,
         )
+        for warning in summary.get("warnings", []):  # on stderr even with --quiet / --json: they change the result
+            typer.echo(f"warning: {warning}", err=True)
         if json_out:
             render.emit_json(summary)
         else:

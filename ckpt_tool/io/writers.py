@@ -496,13 +496,20 @@ def shard_names(count: int, prefix: str = "model", ext: str = "safetensors") -> 
 class ShardedSafetensorsWriter(_Writer):
     """Routes each tensor to the shard that holds it; every shard is open from the start (any write order)."""
 
-    def __init__(self, out_dir: Path, specs: Sequence[TensorSpec], max_shard_size: int, stack: contextlib.ExitStack) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        specs: Sequence[TensorSpec],
+        max_shard_size: int,
+        stack: contextlib.ExitStack,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(specs)
         self.groups = plan_shards(self.specs, max_shard_size)
         self.names = shard_names(len(self.groups))
         self.files = [out_dir / n for n in self.names]
         self.weight_map = {s.name: self.names[i] for i, g in enumerate(self.groups) for s in g}
-        self.shards = [stack.enter_context(open_safetensors(f, g)) for f, g in zip(self.files, self.groups)]
+        self.shards = [stack.enter_context(open_safetensors(f, g, metadata)) for f, g in zip(self.files, self.groups)]
         self._shard_of = {s.name: self.shards[i] for i, g in enumerate(self.groups) for s in g}
 
     def write_bytes(self, name: str, data: memoryview | bytes) -> None:
@@ -521,7 +528,10 @@ class ShardedSafetensorsWriter(_Writer):
 
 @contextlib.contextmanager
 def open_sharded_safetensors(
-    out_dir: str | os.PathLike[str], specs: Sequence[TensorSpec], max_shard_size: int
+    out_dir: str | os.PathLike[str],
+    specs: Sequence[TensorSpec],
+    max_shard_size: int,
+    metadata: dict[str, str] | None = None,
 ) -> Iterator[ShardedSafetensorsWriter]:
     """``model.safetensors``, or ``model-0000i-of-0000K.safetensors`` + index when larger than ``max_shard_size``.
 
@@ -534,7 +544,7 @@ def open_sharded_safetensors(
     with contextlib.ExitStack() as stack:
         groups = plan_shards(specs, max_shard_size)
         index_fh = stack.enter_context(atomic_write(out / SAFETENSORS_INDEX)) if len(groups) > 1 else None
-        writer = ShardedSafetensorsWriter(out, specs, max_shard_size, stack)
+        writer = ShardedSafetensorsWriter(out, specs, max_shard_size, stack, metadata)
         if index_fh is not None:
             index_fh.write(index_json(writer.specs, writer.weight_map))
         yield writer

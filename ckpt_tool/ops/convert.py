@@ -208,5 +208,7 @@ def convert(
         "tensors": {k: report.counts[k] for k in ("tensors", "copied", "cast", "computed", "bytes")},
         **extra,
     }
+    if report.removed_temps:
+        summary["removed_temp_files"] = report.removed_temps
     summary["seconds"] = round(time.perf_counter() - started, 3)
     return summary

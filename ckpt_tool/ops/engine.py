@@ -26,6 +26,7 @@ import contextlib
 import functools
 import os
 import shutil
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import Refused, Unsupported
-from ckpt_tool.io.atomic import atomic_write
+from ckpt_tool.io.atomic import atomic_write, clean_stale_temps
 from ckpt_tool.io.malloc import release_large_blocks
 from ckpt_tool.io.tensors import TensorReader, torch_dtype
 from ckpt_tool.model import DTYPE_NAMES, TensorInfo
@@ -155,9 +156,12 @@ def check_outputs(plan: TransformPlan, target: Target, force: bool) -> list[Path
             f"the output would replace an input file ({', '.join(clash[:3])})",
             "write somewhere else with --out DIR",
         )
-    dirs = [str(p) for p in paths if p.is_dir() and not p.is_symlink()]
-    if dirs:
-        raise Refused(f"an output path is an existing directory: {dirs[0]}", "remove it or choose another --out")
+    not_files = [str(p) for p in paths if _not_a_file(p)]
+    if not_files:
+        raise Refused(
+            f"output path {not_files[0]} exists and is not a regular file (a directory?)",
+            "remove it or choose another --out; --force only replaces files",
+        )
     existing = [str(p) for p in paths if os.path.lexists(p)] + [str(p) for p in stale]
     if existing and not force:
         raise Refused(
@@ -165,6 +169,15 @@ def check_outputs(plan: TransformPlan, target: Target, force: bool) -> list[Path
             "pass --force to overwrite, or choose another --out",
         )
     return stale
+
+
+def _not_a_file(path: Path) -> bool:
+    """An existing output path that a rename cannot replace (a directory, a socket, a FIFO...)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode)
 
 
 # --- progress and write-behind ---------------------------------------------------------------------------
@@ -277,6 +290,7 @@ class WriteBehind:
 class Report:
     files: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    removed_temps: list[str] = field(default_factory=list)  # stale temp files of killed earlier runs
 
     def to_json(self) -> dict[str, Any]:
         return {"files": self.files, **self.counts}
@@ -326,6 +340,8 @@ def execute(
     if dry_run:
         return report
 
+    cleaned = [p for d in sorted({p.parent for p in target.all_paths(plan)}) if d.is_dir() for p in clean_stale_temps(d)]
+    report.removed_temps = [str(p) for p in cleaned]
     release_large_blocks()
     index = {(role, t.name): t for role, info in plan.inputs.items() for t in info.tensors}
     reader = TensorReader()

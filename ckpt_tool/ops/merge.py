@@ -6,18 +6,27 @@ like its peer). ``merge`` turns that plan into transform steps — one step per
 base tensor: a byte copy when nothing changes, the plugin's change function
 otherwise — chooses the output layout (``--to lit|hf``; default: the
 adapter's own convention) and hands everything to ``ops.engine.execute``,
-which streams one tensor at a time and publishes atomically.
+which streams one tensor at a time and publishes atomically (weights, then
+the index, then side files; stale temp files of killed earlier runs in the
+output directory are removed first).
+
+The adapter is never merged twice: a base that lies in the adapter's own
+folder, that holds a copy of the adapter's files, or whose safetensors header
+records this adapter's fingerprint (every safetensors merge output does, under
+``MERGE_MARK``) is refused, and so is an output directory the plugin protects
+(the adapter's own folders).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import NotFound, Refused, Unsupported, UsageError
+from ckpt_tool.errors import CkptError, NotFound, Refused, Unsupported, UsageError
 from ckpt_tool.io.container import Probe
 from ckpt_tool.io.writers import parse_size
 from ckpt_tool.model import CheckpointInfo
@@ -29,6 +38,11 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_SHARD = "5GB"
+#: safetensors ``__metadata__`` key of a merge output: the fingerprint of the adapter merged into it.
+MERGE_MARK = "ckpt_tool.merged_adapter"
+#: Files up to this size are fingerprinted whole; larger ones by ``_SAMPLES`` evenly spaced blocks.
+_FULL_HASH_BYTES = 4 << 20
+_SAMPLES, _SAMPLE_BYTES = 16, 64 << 10
 LAYOUTS = ("lit", "hf")
 SINK = "out"
 
@@ -112,17 +126,92 @@ def build_plan(adapter_path: Path, options: MergeOptions, probe: Probe | None = 
         raise Refused(f"{base_path} is an adapter, not a base model", "pass the base model with --base PATH")
     mine = {os.path.realpath(f) for f in adapter.files}
     if any(mine & {os.path.realpath(f) for f in c.files} for c in base.companions):
-        raise Refused(
-            f"{base_path} is this adapter's own merged model: merging into it would add the delta twice",
-            "pass the original base model with --base (hyperparameters.yaml checkpoint_dir records it)",
-        )
+        raise _twice(base_path, "it is the merged model beside this adapter")
     plan = pm.hook.ckpt_merge_plan(adapter=adapter, base=base, options=options)
     if plan is None:
         raise Unsupported(
             f"no plugin can merge a {adapter.format} {adapter.adapter_type or ''} adapter".replace("  ", " "),
             "run 'ckpt-tool plugins' to see the formats understood here",
         )
+    if not plan.identity:
+        plan.identity = sorted({Path(t.file) for t in plan.adapter_tensors.values()} | {Path(f) for f in adapter.files})
+    _refuse_own_output(plan, base_path, probe)
     return plan
+
+
+def _twice(base_path: Path, why: str) -> Refused:
+    return Refused(
+        f"{base_path} is this adapter's own merge output ({why}): merging into it would add the delta twice",
+        "pass the original base model with --base (the adapter's config records it: hyperparameters.yaml "
+        "checkpoint_dir, adapter_config.json base_model_name_or_path)",
+    )
+
+
+def _digest_file(path: Path, h: Any) -> None:
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        h.update(f"{size}\0".encode())
+        if size <= _FULL_HASH_BYTES:
+            h.update(fh.read(size))
+            return
+        for i in range(_SAMPLES):
+            fh.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+            h.update(fh.read(_SAMPLE_BYTES))
+
+
+def fingerprint(paths: list[Path]) -> str:
+    """A cheap identity of an adapter's files (at most ~1 MB read per file past 4 MB): sha256 over each
+    file's size and content, or evenly spaced samples of it. Trained weights differ everywhere, so two
+    different adapters (or one adapter with another scale in its config) never share a fingerprint."""
+    h = hashlib.sha256(b"ckpt-tool adapter fingerprint v1\0")
+    for p in paths:
+        _digest_file(p, h)
+    return h.hexdigest()
+
+
+def _same_content(copy: Path, original: Path) -> bool:
+    """Whether ``copy`` (another file) holds the same bytes as ``original``, by size then fingerprint."""
+    try:
+        if os.path.samefile(copy, original) or copy.stat().st_size != original.stat().st_size:
+            return False
+        return fingerprint([copy]) == fingerprint([original])
+    except OSError:
+        return False
+
+
+def _refuse_own_output(plan: MergePlan, base_path: Path, probe: Probe) -> None:
+    """Refuse a base that is this adapter's merge output, by path and by (cheap) content.
+
+    * a base file in one of the adapter's folders: LitGPT writes ``final/lit_model.pth`` beside the
+      adapter, and a PEFT folder holding model weights loads as base + adapter;
+    * a base folder holding a copy of one of the adapter's files (``cp -r final/ merged/``);
+    * a safetensors base whose header records this adapter's fingerprint (ckpt-tool's merge output).
+    """
+    own_dirs = {os.path.realpath(p.parent) for p in plan.identity}
+    own_dirs |= {os.path.realpath(os.path.dirname(f)) for f in plan.adapter.files}
+    own_dirs |= {os.path.realpath(d) for d in plan.protected_dirs}
+    base_files = sorted({os.path.realpath(f) for f in plan.base.files} | {os.path.realpath(t.file) for t in plan.base.tensors})
+    for f in base_files:
+        if os.path.dirname(f) in own_dirs:
+            raise _twice(base_path, f"{f} lies in the adapter's own folder")
+    for d in sorted({os.path.dirname(f) for f in base_files}):
+        for mine in plan.identity:
+            twin = Path(d) / mine.name
+            if twin.is_file() and _same_content(twin, mine):
+                raise _twice(base_path, f"its folder holds a copy of the adapter's {mine.name}")
+    fp = fingerprint(plan.identity)
+    plan.summary.setdefault("adapter_fingerprint", fp)
+    for f in base_files:
+        try:
+            meta = probe.container(f).metadata
+        except CkptError:
+            continue
+        if meta.get(MERGE_MARK) == fp:
+            raise _twice(base_path, f"the header of {f} records this adapter's fingerprint")
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def run_plan(
@@ -166,7 +255,23 @@ def decide_sink(plan: MergePlan, out: Path | None, to: str | None, max_shard_siz
     options: dict[str, Any] = {"max_shard_size": shard}
     if layout == "lit":
         options["wrapper"] = plan.wrapper
+    if layout == "hf" and plan.summary.get("adapter_fingerprint"):
+        options["metadata"] = {MERGE_MARK: plan.summary["adapter_fingerprint"]}
+    if (
+        out is not None
+        and layout == plan.layout
+        and plan.default_out is not None
+        and _same_path(out, Path(plan.default_out).parent)
+    ):
+        out = None  # --out names the folder the format's own convention merges into: exactly the default
     if out is not None:
+        for d in plan.protected_dirs:
+            if _same_path(out, d):
+                raise Refused(
+                    f"--out {out} is the adapter's own folder: the merged model would sit next to the adapter "
+                    "and be loaded with it (or mistaken for it), applying the delta twice",
+                    "write the merged model to a new directory with --out",
+                )
         if out.exists() and not out.is_dir():
             raise Refused(f"--out {out} is a file", "--out names a directory that receives the merged checkpoint")
         side = [SideFile(f.name, src=f) for f in plan.copy_files] if layout == plan.layout else []
@@ -269,7 +374,11 @@ def merge(
     }
     summary.update(plan.summary)
     summary.update(extra)
+    if plan.warnings:
+        summary["warnings"] = list(plan.warnings)
     summary["tensors"], report = run_plan(plan, sink, force=force, dry_run=dry_run, progress=progress, tplan=tplan, target=target)
+    if report.removed_temps:
+        summary["removed_temp_files"] = report.removed_temps
     if report.counts.get("removed_stale"):
         summary["removed"] = [f.removeprefix("removed ") for f in report.files if f.startswith("removed ")]
     summary["seconds"] = round(time.perf_counter() - started, 3)

@@ -15,13 +15,15 @@ the plan itself must not need tensor bytes of the base.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import UsageError
+from ckpt_tool.errors import InvalidFile, UsageError
 from ckpt_tool.io.tensors import DTYPE_ALIASES
+from ckpt_tool.limits import MAX_LORA_RANK, MAX_LORA_SCALE
 
 if TYPE_CHECKING:
     import torch
@@ -80,6 +82,15 @@ class MergePlan:
         default_out: where the merged weights go when the user gives no ``--out``
             (LitGPT: ``final/lit_model.pth`` beside the adapter); ``None`` means ``--out`` is required.
         wrapper: torch-zip output only: ``None`` writes a bare state dict, ``"model"`` writes ``{"model": sd}``.
+        warnings: things the user must hear about although the merge goes ahead (printed on stderr and
+            listed in the summary), e.g. assumed hyperparameters or a base loaded in another dtype.
+        protected_dirs: directories the output must never go into (the adapter's own folders: a merged
+            model written there would be loaded together with the adapter, or mistaken for it), except
+            the directory of ``default_out`` when the format's own convention puts the merge there.
+        identity: the files that make this adapter what it is (weights and the config holding its
+            scale). The engine fingerprints them (sampled, a few MB read) to recognise a base that is a
+            copy of this adapter's folder, or this adapter's earlier merge (safetensors outputs record
+            the fingerprint in their header). Default: the adapter's weight files.
     """
 
     base: CheckpointInfo
@@ -94,3 +105,48 @@ class MergePlan:
     summary: dict[str, Any] = field(default_factory=dict)
     default_out: Path | None = None
     wrapper: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    protected_dirs: list[Path] = field(default_factory=list)
+    identity: list[Path] = field(default_factory=list)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def scale_problem(alpha: Any, r: Any, rslora: bool = False) -> str | None:
+    """Why ``alpha`` / ``r`` cannot give a usable LoRA scale, or None when they can.
+
+    A NaN, infinite or absurd alpha (JSON's ``NaN`` / ``Infinity`` / ``1e999``, YAML's ``.nan`` /
+    ``.inf``), an absurd rank, or a scale past ``MAX_LORA_SCALE`` would turn every merged weight it
+    touches into NaN/inf or garbage without any error from the math.
+    """
+    if not _is_number(alpha):
+        return f"lora_alpha = {alpha!r:.40} is not a number"
+    if not math.isfinite(alpha):
+        return f"lora_alpha = {alpha!r} is not finite"
+    if abs(alpha) > MAX_LORA_SCALE:
+        return f"lora_alpha = {alpha!r:.40} is past the limit of {MAX_LORA_SCALE:g}"
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        return f"the rank r = {r!r:.40} is not a positive integer"
+    if r > MAX_LORA_RANK:
+        return f"the rank r = {r!r:.40} is past the limit of {MAX_LORA_RANK}"
+    scale = alpha / math.sqrt(r) if rslora else alpha / r
+    if not math.isfinite(scale) or abs(scale) > MAX_LORA_SCALE:
+        return f"the scale {'alpha/sqrt(r)' if rslora else 'alpha/r'} = {scale:g} is past the limit of {MAX_LORA_SCALE:g}"
+    return None
+
+
+def lora_scale(alpha: Any, r: Any, rslora: bool = False, where: str = "the adapter") -> float:
+    """The LoRA scale ``alpha/r`` (``alpha/sqrt(r)`` with rsLoRA), computed exactly as the peers do.
+
+    Raises:
+        InvalidFile: ``scale_problem`` found something (exit 4, the limits' code); nothing is written.
+    """
+    problem = scale_problem(alpha, r, rslora)
+    if problem is not None:
+        raise InvalidFile(
+            f"{where}: {problem}: merging would silently turn the adapted weights into NaN, inf or garbage",
+            "fix the value in the adapter's config to the one used in training",
+        )
+    return alpha / math.sqrt(r) if rslora else alpha / r

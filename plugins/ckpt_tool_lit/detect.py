@@ -22,8 +22,11 @@ from typing import Any
 
 from ckpt_tool.errors import CkptError, InvalidFile, NotFound
 from ckpt_tool.io import sniff as _sniff
+from ckpt_tool.io.sidefiles import read_text
 from ckpt_tool.model import CheckpointInfo, TensorInfo
+from ckpt_tool.ops.merge_plan import scale_problem
 from ckpt_tool_lit import config as _config
+from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, module_kind
 
 FORMAT = "lit"
@@ -54,6 +57,13 @@ _LEGACY_ATTN = re.compile(r"\.attn\.attn\.")
 # Keys only LitGPT's GPT has (HF GPT-2 also starts with ``transformer.``, so that is not enough).
 _DISTINCTIVE = re.compile(r"^transformer\.h\.\d+\.(norm_1|attn\.qkv|attn\.attn)\.")
 _CLASS_TEXT = {LORA: "LoRA adapter", ADAPTER: "adapter v1", ADAPTER_V2: "adapter v2", FULL: "model"}
+#: The machine-readable record of values ``ckpt-tool migrate`` assumed in a hyperparameters.yaml it wrote.
+#: A YAML comment, because ``litgpt finetune_lora --config hyperparameters.yaml`` (jsonargparse) rejects
+#: unknown keys; ``merge_lora`` reads only ``lora_*``, ``checkpoint_dir`` and ``precision``. A key
+#: ``ckpt_tool_assumed: [lora_alpha, ...]`` is honoured too.
+ASSUMED_MARK = "ckpt-tool-assumed:"
+_ASSUMED_LINE = re.compile(r"^#\s*" + re.escape(ASSUMED_MARK) + r"(?P<names>[^\n]*)$", re.MULTILINE)
+_ASSUMABLE = ("r", "alpha", *LORA_FLAGS)
 
 
 @dataclass
@@ -278,7 +288,8 @@ def _describe(file: Path, probe: Any, side_loader: Callable[[], _Side], *, as_di
             )
         )
     if cls == LORA:
-        lora, lora_warnings, lora_details = _lora_summary(tensors, hp, cfg)
+        assumed = assumed_values(side.dir, hp) if hp is not None else []
+        lora, lora_warnings, lora_details = _lora_summary(tensors, hp, cfg, assumed)
         warnings += lora_warnings
         details.update(lora_details)
         if any(_LEGACY_ATTN.search(k) for k in keys):
@@ -432,8 +443,35 @@ def _recorded(hp: dict[str, Any] | None, cfg: dict[str, Any] | None) -> tuple[di
     return {}, None
 
 
+def assumed_values(directory: Path, hp: dict[str, Any]) -> list[str]:
+    """The LoRA settings (``alpha``, ``query``...) a hyperparameters.yaml marks as assumed, in order.
+
+    Read from the ``# ckpt-tool-assumed: lora_alpha lora_query`` comment ``ckpt-tool migrate`` writes
+    (or a ``ckpt_tool_assumed`` list); unknown names are ignored.
+    """
+    names: list[str] = []
+    key = hp.get("ckpt_tool_assumed")
+    if isinstance(key, list):
+        names += [x for x in key[:64] if isinstance(x, str)]
+    try:
+        text = read_text(directory / _config.HYPERPARAMETERS, "the LoRA hyperparameters")
+    except InvalidFile:
+        text = ""
+    for m in _ASSUMED_LINE.finditer(text):
+        names += re.split(r"[\s,]+", m["names"].strip())[:64]
+    out: list[str] = []
+    for n in names:
+        n = n.strip().removeprefix("lora_")
+        if n in _ASSUMABLE and n not in out:
+            out.append(n)
+    return out
+
+
 def _lora_summary(
-    tensors: dict[str, TensorInfo], hp: dict[str, Any] | None, cfg: dict[str, Any] | None
+    tensors: dict[str, TensorInfo],
+    hp: dict[str, Any] | None,
+    cfg: dict[str, Any] | None,
+    assumed: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[str], dict[str, Any]]:
     """Rank, alpha, dropout and enabled targets of a LitGPT LoRA state dict, checked against its shapes.
 
@@ -489,7 +527,8 @@ def _lora_summary(
         warnings.append(f"LoRA ranks differ between modules ({sorted(ranks)}); LitGPT uses one rank for all")
 
     # Which of q, k, v the fused qkv tensors cover.
-    sizes = _config.qkv_sizes(cfg)
+    geometry = Geometry.maybe(cfg)
+    sizes = geometry.qkv_sizes if geometry else None
     candidates: list[tuple[bool, bool, bool]] | None = None
     for k, rows in set(qkv_parts):
         combos = [c for c in itertools.product((True, False), repeat=3) if sum(c) == k]
@@ -508,10 +547,17 @@ def _lora_summary(
     r_rec = recorded.get("r")
     alpha = _number(recorded.get("alpha"))
     dropout = _number(recorded.get("dropout"))
+    if alpha is None and recorded.get("alpha") is not None:
+        warnings.append(
+            f"{source}: lora_alpha = {recorded.get('alpha')!r:.40} is not a number (YAML reads 1e999 without a "
+            "decimal point as text): the merge scale alpha/r is unknown and LitGPT's own merge would fail"
+        )
     if recorded and r_rec is not None and _config.positive_int(r_rec) is None:
         warnings.append(f"{source}: lora_r = {r_rec!r} is not a positive integer; using the rank from the tensors")
     r = _config.positive_int(r_rec)
     details: dict[str, Any] = {"lora_rank_tensors": r_tensors, "qkv_candidates": [list(c) for c in candidates]}
+    if alpha is None and recorded.get("alpha") is not None:
+        details["alpha_recorded"] = recorded.get("alpha")
     if r is not None and r_tensors is not None and r != r_tensors:
         warnings.append(
             f"rank mismatch: {source} says lora_r = {r} but the LoRA tensors have rank {r_tensors}; "
@@ -576,6 +622,28 @@ def _lora_summary(
             )
         else:
             warnings.append(f"{source} does not record lora_alpha; the merge scale alpha/r is unknown")
+    problem = scale_problem(alpha, r) if alpha is not None and r is not None else None
+    if problem:
+        warnings.append(
+            f"{source}: {problem}: merging would silently turn every adapted weight into NaN, inf or garbage "
+            "(ckpt-tool merge refuses it)"
+        )
+    if geometry is None and cfg and qkv_parts:
+        try:
+            Geometry.from_config(cfg, f"the model config ({_config.MODEL_CONFIG})")
+        except InvalidFile as exc:
+            warnings.append(f"{exc.message}: the q/k/v sizes of attn.qkv are unknown (a merge refuses it)")
+    assumed = [a for a in (assumed or []) if a in ("alpha", "r", *LORA_FLAGS)]
+    if assumed:
+        shown = ", ".join(
+            f"lora_{a}={alpha if a == 'alpha' else r if a == 'r' else str(flags.get(a)).lower()}" for a in assumed
+        )
+        warnings.append(
+            f"{source} marks values as ASSUMED ({shown}): 'ckpt-tool migrate' wrote them for a run that had no "
+            f"{_config.HYPERPARAMETERS} (alpha is not stored in LoRA weights; the old lit-gpt default was "
+            f"alpha={OLD_DEFAULT_ALPHA}). A merge uses them; if the run trained with other values the merged weights "
+            "are wrong - check the training script, then delete the 'ckpt-tool-assumed' line"
+        )
     targets = [f for f in LORA_FLAGS if flags.get(f)]
     if any(flags.get(f) is None for f in ("query", "key", "value")) and qkv_parts:
         targets.insert(0, "qkv")
@@ -589,6 +657,8 @@ def _lora_summary(
         "source": source or "tensors",
         "modules": len(modules),
     }
+    if assumed:
+        lora["assumed"] = assumed
     return lora, warnings, details
 
 

@@ -13,9 +13,17 @@ the same dtype:
    before ``W += delta`` (the padding adds +0.0, which turns -0.0 into +0.0);
 4. ``lora_`` keys are dropped, base names kept, the result saved as a bare dict.
 
-``--dtype`` casts the LitGPT result at the end. Unlike LitGPT, the base may be
-stored as ``{"model": ...}`` and an existing ``final/lit_model.pth`` is looked
-at instead of being assumed to be the merge.
+``--dtype`` casts the LitGPT result at the end: LitGPT's own ``merge_lora
+--precision`` only sets the dtype the model is *instantiated* in (on the meta
+device, then replaced by the loaded tensors with ``assign=True``), so the merge
+math always runs in the LoRA dtype whatever the precision; there is no LitGPT
+flow that merges in another dtype, and ckpt-tool does not invent one. Unlike
+LitGPT, the base may be stored as ``{"model": ...}`` and an existing
+``final/lit_model.pth`` is looked at instead of being assumed to be the merge.
+
+Values ``ckpt-tool migrate`` had to assume (hyperparameters.yaml written for a
+run that had none) stay visible: the merge goes ahead with them, names them in
+the summary (``assumed``) and warns on stderr.
 """
 
 from __future__ import annotations
@@ -25,17 +33,19 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import NotFound, Refused
+from ckpt_tool.errors import InvalidFile, NotFound, Refused
 from ckpt_tool.io.container import read_container
 from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
-from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
-from ckpt_tool_lit.config import qkv_sizes
+from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan, lora_scale
+from ckpt_tool_lit.config import HYPERPARAMETERS, MODEL_CONFIG
+from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.keys import lora_modules, module_kind
 
 if TYPE_CHECKING:
     import torch
 
 WEIGHTS = "lit_model.pth"
+ADAPTER_FILES = ("lit_model.pth.lora", "lit_model.pth.adapter", "lit_model.pth.adapter_v2")
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 # Files a complete LitGPT checkpoint dir carries next to the weights (litgpt.utils.copy_config_files + run files).
 SIDE_FILES = (
@@ -210,7 +220,12 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         )
 
     config = details.get("model_config") or (base.details or {}).get("model_config")
-    sizes = qkv_sizes(config)
+    config_dir = details.get("dir") if details.get("model_config") else (base.details or {}).get("dir")
+    has_qkv = any(module_kind(m) == "qkv" for m in modules)
+    geometry = None
+    if config and has_qkv:  # a malformed config is an InvalidFile here, never a crash in the math
+        geometry = Geometry.from_config(config, str(Path(config_dir or ".") / MODEL_CONFIG))
+    sizes = geometry.qkv_sizes if geometry else None
     base_config = (base.details or {}).get("model_config")
     adapter_config = details.get("model_config")
     if adapter_config and base_config:
@@ -228,6 +243,13 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                 f"{adapter.path}: no hyperparameters.yaml and LoRA ranks differ between modules ({sorted(r_seen)})"
             )
         r_cfg = next(iter(r_seen))
+    hp_file = Path(details.get("dir") or Path(adapter.path)) / HYPERPARAMETERS
+    raw_alpha = details.get("alpha_recorded")
+    if alpha is None and raw_alpha is not None:
+        raise InvalidFile(
+            f"{hp_file}: lora_alpha = {raw_alpha!r:.40} is not a number (LitGPT itself would fail on it)",
+            "set lora_alpha to the value used in training",
+        )
     if alpha is None:
         raise Refused(
             f"{adapter.path}: lora_alpha is unknown (no hyperparameters.yaml next to the adapter); the scale alpha/r "
@@ -237,8 +259,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     if not isinstance(r_cfg, int) or r_cfg <= 0:
         raise Refused(f"{adapter.path}: invalid lora_r {r_cfg!r} in hyperparameters.yaml")
     r = r_cfg
-    scaling = alpha / r
-    has_qkv = any(module_kind(m) == "qkv" for m in modules)
+    scaling = lora_scale(alpha, r, where=str(hp_file))  # LitGPT: lora_alpha / r
     if has_qkv and any(lora.get(f) is None for f in ("query", "key", "value")):
         raise Refused(
             f"{adapter.path}: cannot tell which of query/key/value the attn.qkv LoRA covers (no "
@@ -279,7 +300,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                     f"{m}: LoRA tensors present but lora_query/lora_key/lora_value are all false in hyperparameters.yaml"
                 )
                 continue
-            if sizes is None:
+            if sizes is None or geometry is None:
                 problems.add(f"{m}: the q/k/v sizes are unknown (no model_config.yaml with n_head/n_embd)")
                 continue
             q, k, v = sizes
@@ -306,8 +327,8 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             problems.add(f"{a_name}: {a.shape[1]} columns, base {w_name} has {w.shape[1]} input features")
         if w.dtype not in FLOAT_DTYPES:
             problems.add(f"{w_name}: dtype {w.dtype} cannot take a LoRA delta")
-        if kind == "qkv" and sizes is not None:
-            changes[w_name] = _qkv_change(a_name, b_name, lora_dtype, scaling, enable, sizes, config)
+        if kind == "qkv" and geometry is not None:
+            changes[w_name] = _qkv_change(a_name, b_name, lora_dtype, scaling, enable, geometry)
         else:
             changes[w_name] = _linear_change(a_name, b_name, lora_dtype, scaling)
         merged.append(m)
@@ -343,7 +364,18 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     base_dir = Path(base.path) if Path(base.path).is_dir() else Path(base.path).parent
     default_out = adapter_dir / WEIGHTS
     extra = options.extra or {}
-    if extra.get("out") is None and not extra.get("force"):
+    out = extra.get("out")
+    if out is not None and os.path.realpath(out) == os.path.realpath(adapter_dir):
+        out = None  # --out FINAL/ is LitGPT's own convention (the merge beside the adapter): same checks
+    if out is not None:
+        theirs = [n for n in ADAPTER_FILES if (Path(out) / n).is_file()]
+        if theirs:
+            raise Refused(
+                f"--out {out} holds another LitGPT adapter ({theirs[0]}): a {WEIGHTS} written beside it makes "
+                "LitGPT treat that adapter as merged already (merge_lora skips it, generate loads this model)",
+                "write the merged model to a new directory with --out",
+            )
+    if out is None and not extra.get("force"):
         adapter_files = {os.path.realpath(f) for f in adapter.files}
         adapter_files |= {os.path.realpath(t.file) for t in adapter.tensors}
         what = _existing_output(default_out, base, adapter_files)
@@ -374,6 +406,19 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         "compute_dtype": DTYPE_NAMES.get(lora_dtype, lora_dtype),
         "base_wrapper": base.wrapper,
     }
+    warnings = []
+    assumed = list(lora.get("assumed") or [])
+    if assumed:
+        summary["assumed"] = assumed
+        warnings.append(
+            f"{hp_file} records ASSUMED values ({', '.join(_assumed_text(a, lora) for a in assumed)}), written by "
+            "'ckpt-tool migrate' for a run that had no hyperparameters.yaml: the merge uses them, but if they are not "
+            "what the run trained with the merged weights are wrong - check them against the training script and "
+            "remove the 'ckpt-tool-assumed' line once confirmed"
+        )
+    identity = [Path(f) for f in adapter.files]
+    if hp_file.is_file():
+        identity.append(hp_file)
     return MergePlan(
         base=base,
         adapter=adapter,
@@ -385,6 +430,16 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         summary=summary,
         default_out=default_out,
         wrapper=None,
+        warnings=warnings,
+        protected_dirs=[adapter_dir],
+        identity=identity,
+    )
+
+
+def _assumed_text(name: str, lora: dict[str, Any]) -> str:
+    value = lora.get(name)
+    return f"lora_{name}={value}" if value is not None and not isinstance(value, bool) else (
+        f"lora_{name}={str(value).lower()}" if isinstance(value, bool) else f"lora_{name}"
     )
 
 
@@ -430,13 +485,11 @@ def _qkv_change(
     lora_dtype: str,
     scaling: float,
     enable: tuple[bool, bool, bool],
-    sizes: tuple[int, int, int],
-    config: dict[str, Any] | None,
+    geometry: Geometry,
 ) -> Any:
     """``LoRAQKVLinear.get_lora_AB`` + ``merge``: conv1d per group, zero_pad via index_copy_, add."""
-    q, k, v = sizes
-    n_head = int((config or {}).get("n_head") or 0)
-    n_groups = int((config or {}).get("n_query_groups") or n_head)
+    q, k, v = geometry.qkv_sizes
+    n_head, n_groups = geometry.n_head, geometry.n_query_groups
     qkv_shapes = [s for s, e in zip((q, k, v), enable) if e]
     n_enabled = sum(enable)
 

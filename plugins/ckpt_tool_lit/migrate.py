@@ -27,7 +27,6 @@ from ckpt_tool_lit.config import (
     HYPERPARAMETERS,
     LEGACY_CONFIG,
     MODEL_CONFIG,
-    qkv_sizes,
     read_json_mapping,
     read_yaml_mapping,
 )
@@ -637,8 +636,17 @@ def convert_config(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
     """A ``hyperparameters.yaml`` for a LoRA run that had none: r from the shapes, alpha assumed.
 
+    Every assumed setting is also recorded machine-readably, in a ``# ckpt-tool-assumed: lora_alpha ...``
+    line that ``inspect`` and ``merge`` read back (``ckpt_tool_lit.detect.assumed_values``), so the
+    assumption stays visible after the migration. It is a comment, not a key: ``litgpt merge_lora``
+    only reads ``lora_*`` / ``checkpoint_dir`` / ``precision`` and would accept a key, but
+    ``litgpt finetune_lora --config hyperparameters.yaml`` rejects unknown keys.
+
     Returns (file text, the plan's reason naming every assumed value).
     """
+    from ckpt_tool_lit.detect import ASSUMED_MARK
+    from ckpt_tool_lit.geometry import Geometry
+
     modules = lora_modules(w.keys)
     ranks = {
         w.shapes[f"{m}.lora_B"][1]
@@ -647,6 +655,7 @@ def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
     }
     r = min(ranks) if ranks else None
     assumed = [f"lora_alpha={OLD_LORA_ALPHA} (the old lit-gpt default; alpha is not stored in the weights)"]
+    assumed_keys = ["lora_alpha"]
     flags = {
         "lora_query": False,
         "lora_key": False,
@@ -665,8 +674,8 @@ def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
         b_rows = w.shapes.get(f"{qkv[0]}.lora_B", (0,))[0]
         parts = max(1, a_rows // r)
         names = ("query", "key", "value")
-        qkv_rows = qkv_sizes(cfg)
-        sizes = dict(zip(names, qkv_rows)) if qkv_rows else None
+        geometry = Geometry.maybe(cfg)
+        sizes = dict(zip(names, geometry.qkv_sizes)) if geometry else None
         fits = [c for c in combinations(names, parts) if sizes is None or sum(sizes[n] for n in c) == b_rows]
         chosen: tuple[str, ...]
         if len(fits) == 1:
@@ -677,6 +686,7 @@ def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
                 assumed.append(
                     f"lora on {'+'.join(chosen)} (the shapes fit {len(fits) or 'no'} choices; q+v was the old default)"
                 )
+                assumed_keys += ["lora_query", "lora_key", "lora_value"]
         for n in chosen:
             flags[f"lora_{n}"] = True
     lines = [
@@ -684,6 +694,8 @@ def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
         "# lora_r and the targets come from the tensor shapes.",
         *[f"# ASSUMED: {a}" for a in assumed],
         "# checkpoint_dir (the base model) is unknown: add it, or pass the base explicitly when merging.",
+        "# The next line records the assumed keys for ckpt-tool inspect/merge; delete it once they are confirmed.",
+        f"# {ASSUMED_MARK} {' '.join(assumed_keys)}",
     ]
     body = {"lora_r": r, "lora_alpha": OLD_LORA_ALPHA, **flags}
     text = "\n".join(lines) + "\n" + dump_yaml(body)

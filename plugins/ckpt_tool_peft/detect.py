@@ -20,7 +20,9 @@ from typing import Any
 
 from ckpt_tool.errors import InvalidFile
 from ckpt_tool.io.sidefiles import read_json
+from ckpt_tool.limits import MAX_LORA_RANK
 from ckpt_tool.model import AdapterInfo, CheckpointInfo, TensorInfo
+from ckpt_tool.ops.merge_plan import scale_problem
 
 FORMAT = "peft"
 CONFIG_NAME = "adapter_config.json"
@@ -259,7 +261,17 @@ def parse_config(file: Path) -> dict[str, Any]:
     )
     for name in ("base_model_name_or_path", "task_type", "peft_version", "revision"):
         check(name, lambda v: isinstance(v, str), "a string")
-    _check_patterns(file, "rank_pattern", config.get("rank_pattern"), number=False)
+    check(
+        "target_parameters",
+        lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "a list of parameter names",
+    )
+    if peft_type.upper() == "ADALORA":
+        _check_adalora_masks(file, config.get("rank_pattern"))
+        check("init_r", lambda v: _is_int(v) and v > 0, "a positive integer")
+        check("target_r", lambda v: _is_int(v) and v > 0, "a positive integer")
+    else:
+        _check_patterns(file, "rank_pattern", config.get("rank_pattern"), number=False)
     _check_patterns(file, "alpha_pattern", config.get("alpha_pattern"), number=True)
     if isinstance(config.get("target_modules"), str):
         try:
@@ -269,12 +281,53 @@ def parse_config(file: Path) -> dict[str, Any]:
     return config
 
 
-def lora_summary(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``lora`` dict of the inspect schema (names other helpers rely on)."""
+def _check_adalora_masks(file: Path, value: Any) -> None:
+    """AdaLoRA saves ``rank_pattern`` as ``{"<module>.lora_E": [true, false, ...]}``: the learned rank mask
+    of each module (its true entries are the ranks kept), not PEFT LoRA's pattern -> rank mapping."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise _bad(file, "rank_pattern", f"must map module names to rank masks, not {type(value).__name__}")
+    for key, mask in value.items():
+        if not (isinstance(mask, list) and len(mask) <= MAX_LORA_RANK and all(isinstance(x, bool) for x in mask)):
+            raise _bad(file, "rank_pattern", f"entry {key!r:.80} is not an AdaLoRA rank mask (a list of true/false)")
+
+
+def _targets(config: dict[str, Any]) -> Any:
+    """``target_modules`` as saved, plus the ``target_parameters`` (LoRA on nn.Parameter, e.g. MoE experts)."""
+    modules = config.get("target_modules")
+    params = [p for p in config.get("target_parameters") or [] if isinstance(p, str)]
+    if not params:
+        return modules
+    if modules is None:
+        return params
+    return ([modules] if isinstance(modules, str) else list(modules)) + params
+
+
+def lora_summary(config: dict[str, Any], modules: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The ``lora`` dict of the inspect schema (names other helpers rely on).
+
+    ``modules`` (from ``_analyse_lora``) gives the ranks the tensors really have: AdaLoRA ignores ``r``
+    (its budget is ``init_r``, pruned per module to the learned masks), so its ``r`` is read from them.
+    """
+    out = _lora_summary_fields(config)
+    if str(config.get("peft_type", "")).upper() == "ADALORA":
+        ranks = sorted({e["r"] for e in (modules or {}).values() if isinstance(e.get("r"), int)})
+        out["init_r"] = config.get("init_r", 12)
+        out["target_r"] = config.get("target_r", 8)
+        out["r"] = ranks[-1] if ranks else out["init_r"]
+        out["rank_range"] = [ranks[0], ranks[-1]] if ranks else None
+        out["rank_pattern"] = {k: sum(v) for k, v in (config.get("rank_pattern") or {}).items()}
+    if config.get("target_parameters"):
+        out["target_parameters"] = list(config["target_parameters"])
+    return out
+
+
+def _lora_summary_fields(config: dict[str, Any]) -> dict[str, Any]:
     return {
         "r": config.get("r", 8),
         "alpha": config.get("lora_alpha", 8),
-        "targets": config.get("target_modules"),
+        "targets": _targets(config),
         "use_rslora": bool(config.get("use_rslora", False)),
         "use_dora": bool(config.get("use_dora", False)),
         "fan_in_fan_out": bool(config.get("fan_in_fan_out", False)),
@@ -379,12 +432,16 @@ def _analyse_lora(ad: _Adapter) -> None:
         ad.full.append(t.name)
 
     cfg = ad.config
-    rank_pattern = cfg.get("rank_pattern") or {}
+    adalora = ad.peft_type == "ADALORA"
+    rank_pattern = {} if adalora else (cfg.get("rank_pattern") or {})
+    masks = (cfg.get("rank_pattern") or {}) if adalora else {}
     alpha_pattern = cfg.get("alpha_pattern") or {}
     r0, alpha0 = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    params = [p for p in cfg.get("target_parameters") or [] if isinstance(p, str)]
     unpaired: list[str] = []
     bad_shape: list[str] = []
     wrong_rank: list[str] = []
+    bad_scale: list[str] = []
     for mod, entry in ad.modules.items():
         entry["r"] = pattern_value(rank_pattern, mod, r0)
         entry["alpha"] = pattern_value(alpha_pattern, mod, alpha0)
@@ -395,10 +452,27 @@ def _analyse_lora(ad: _Adapter) -> None:
             unpaired.append(f"{mod} has {have} but no {missing}")
             continue
         assert a is not None and b is not None
+        if adalora and len(a.shape) == 2 and len(b.shape) == 2 and a.shape[1] and b.shape[0]:
+            # AdaLoRA saves each module cut to its learned rank, which may be 0: [0, in] / [out, 0] is legitimate
+            _check_adalora_module(mod, entry, a, b, by_name.get(entry.get("E", "")), masks, wrong_rank)
+            continue
         if a.numel == 0 or b.numel == 0 or len(a.shape) < 2 or len(b.shape) < 2:
             bad_shape.append(f"{a.name} {list(a.shape)} / {b.name} {list(b.shape)}")
             continue
-        if ad.peft_type == "LORA":
+        wrapped = _param_targets(mod, params)
+        if wrapped and ad.peft_type == "LORA":
+            # target_parameters: a ParamWrapper stacks the experts' ranks: A (r*E, in), B (out, r*E)
+            ranks = {pattern_value(rank_pattern, p, r0) for p in wrapped}
+            rows = a.shape[0]
+            entry["parameters"] = wrapped
+            if rows != b.shape[1] or not any(isinstance(r, int) and r > 0 and rows % r == 0 for r in ranks):
+                wrong_rank.append(
+                    f"{mod}: lora_A {list(a.shape)}, lora_B {list(b.shape)} do not stack r={sorted(ranks)} per expert"
+                )
+            else:
+                r = next(r for r in sorted(ranks) if rows % r == 0)
+                entry["r"], entry["experts"] = r, rows // r
+        elif ad.peft_type == "LORA":
             r = entry["r"]
             if a.shape[0] != r or b.shape[1] != r:
                 key = pattern_key(rank_pattern, mod)
@@ -410,6 +484,23 @@ def _analyse_lora(ad: _Adapter) -> None:
             wrong_rank.append(
                 f"{mod}: lora_A {list(a.shape)} and lora_B {list(b.shape)} disagree on the rank"
             )
+        if ad.peft_type == "LORA":
+            problem = scale_problem(entry["alpha"], entry["r"], bool(cfg.get("use_rslora")))
+            if problem:
+                bad_scale.append(f"{mod}: {problem}")
+    problem = scale_problem(alpha0, r0 if not adalora else cfg.get("init_r", 12), bool(cfg.get("use_rslora")))
+    if problem and not any(problem in x for x in bad_scale):
+        bad_scale.insert(0, f"adapter_config.json: {problem}")
+    for key, value in alpha_pattern.items() if isinstance(alpha_pattern, dict) else ():
+        problem = scale_problem(value, 1)
+        if problem and not any(problem in x for x in bad_scale):
+            bad_scale.append(f"alpha_pattern[{key!r:.60}]: {problem}")
+    if bad_scale:
+        ad.warnings.append(
+            f"Adapter '{ad.name}': unusable LoRA scale ({_examples(bad_scale, 2)}). Python's JSON reader accepts "
+            "NaN, Infinity and 1e999, and PEFT would merge them into NaN/inf weights without an error; "
+            "ckpt-tool merge refuses. Set lora_alpha / r to the values used in training."
+        )
 
     unprefixed = [t.name for t in ad.tensors if not t.name.startswith(KEY_PREFIX)]
     if unprefixed:
@@ -465,6 +556,49 @@ def _analyse_lora(ad: _Adapter) -> None:
             f"Adapter '{ad.name}' is a LoRA adapter without any lora_A/lora_B tensors: loading it changes only "
             "the full tensors it carries (if any). Check that the save captured the adapter."
         )
+
+
+def _strip_base_layer(module: str) -> str:
+    return ".".join(p for p in module.split(".") if p != "base_layer")
+
+
+def _param_targets(module: str, params: list[str]) -> list[str]:
+    """The full parameter names of ``target_parameters`` a saved module path can wrap (PEFT matches
+    ``f"{module without .base_layer}.{param}"`` exactly or as a ``.``-suffix); nested wrappers of one
+    module (one per targeted parameter) carry one ``.base_layer`` per level."""
+    if not params:
+        return []
+    unwrapped = _strip_base_layer(module)
+    out = []
+    for t in params:
+        key = f"{unwrapped}.{t.rpartition('.')[2]}"
+        if key == t or key.endswith("." + t):
+            out.append(key)
+    return out
+
+
+def _check_adalora_module(
+    mod: str,
+    entry: dict[str, Any],
+    a: TensorInfo,
+    b: TensorInfo,
+    e: TensorInfo | None,
+    masks: dict[str, Any],
+    wrong_rank: list[str],
+) -> None:
+    """AdaLoRA: the module's rank is the tensors' (lora_A rows = lora_E rows = lora_B columns), and it must
+    equal the number of ranks its saved mask keeps."""
+    rank = a.shape[0]
+    entry["r"] = rank
+    if b.shape[1] != rank or (e is not None and tuple(e.shape) != (rank, 1)):
+        wrong_rank.append(
+            f"{mod}: lora_A {list(a.shape)}, lora_E {list(e.shape) if e else None}, lora_B {list(b.shape)} "
+            "disagree on the rank"
+        )
+        return
+    mask = masks.get(f"{mod}.lora_E")
+    if isinstance(mask, list) and sum(mask) != rank:
+        wrong_rank.append(f"{mod}: rank {rank} in the tensors but its rank_pattern mask keeps {sum(mask)}")
 
 
 def _check_name(ad: _Adapter, all_modules: set[str]) -> None:
@@ -539,7 +673,7 @@ def _info(ad: _Adapter) -> AdapterInfo:
         name=ad.name,
         adapter_type=ad.peft_type.lower(),
         path=str(ad.dir.absolute()),
-        lora=lora_summary(ad.config) if ad.peft_type in LORA_TYPES else None,
+        lora=lora_summary(ad.config, ad.modules) if ad.peft_type in LORA_TYPES else None,
         tensors=len(ad.tensors),
         parameters=sum(t.numel for t in ad.tensors),
         config=ad.config,
@@ -608,7 +742,7 @@ def detect(path: Path, probe: Any) -> CheckpointInfo | None:
         container=top.container,
         files=[str(top.weights.absolute())],
         tensors=list(top.tensors),
-        lora=lora_summary(top.config) if peft_type in LORA_TYPES else None,
+        lora=lora_summary(top.config, top.modules) if peft_type in LORA_TYPES else None,
         adapters=[_info(ad) for ad in adapters],
         warnings=warnings,
         metadata=metadata,

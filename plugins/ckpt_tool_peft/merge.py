@@ -13,6 +13,13 @@ Why the math looks the way it does (PEFT 0.21.2, ``peft/tuners/lora/layer.py``, 
   fp32 delta into the base-dtype weight (one rounding). Embedding: ``W.data += ΔW.to(W.dtype)``
   (two roundings). ``lora_B.bias``: ``bias.data += lora_bias * scaling``.
 * DoRA: ``(m / ‖W + ΔW‖_row) * (W + ΔW)`` in fp32 against the unmerged W, then ``.to(W.dtype)``.
+* The base dtype is the dtype the base is *loaded* in, which is not always the stored one: PEFT's
+  documented flow is ``AutoModelForCausalLM.from_pretrained(base)``, whose default ``dtype="auto"``
+  (transformers 5) follows config.json's ``dtype`` (or legacy ``torch_dtype``), else the first floating
+  tensor's dtype; ``--dtype X`` is ``from_pretrained(base, dtype=X)``. Every floating base tensor is
+  cast to that dtype *before* the math above, exactly as loading does.
+* ``fan_in_fan_out`` follows the module type, not the config: for ``nn.Linear`` PEFT forces it to
+  False (with a warning), for transformers' ``Conv1D`` to True (``dispatch_default``).
 
 The change functions below repeat those torch ops in the same order and on tensors of the same
 shape, dtype and memory layout, which is what makes the output bit-identical. Everything that is
@@ -23,27 +30,70 @@ other LoRA variants, other tuners) is refused before anything is written.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import NotFound, Refused
+from ckpt_tool.errors import InvalidFile, NotFound, Refused, Unsupported
 from ckpt_tool.io.container import read_container
 from ckpt_tool.io.tensors import Scratch, torch_dtype
 from ckpt_tool.model import CheckpointInfo, TensorInfo
-from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan
-from ckpt_tool_peft.detect import DEFAULT_NAME, KEY_PREFIX, pattern_value
+from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan, scale_problem
+from ckpt_tool_peft.detect import CONFIG_NAME, DEFAULT_NAME, KEY_PREFIX, pattern_value
 
 if TYPE_CHECKING:
     import torch
 
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
-# The modules of these architectures are transformers' ``Conv1D`` (weight stored as (in, out)); PEFT
-# forces fan_in_fan_out=True for them whatever the config says. Only needed for square weights,
-# where the shapes alone cannot tell Linear from Conv1D.
-CONV1D_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer"}
+# transformers' ``Conv1D`` modules (weight stored as (in, out)), by model_type: the leaf names that are
+# Conv1D there (transformers 5.3: gpt2, openai, imagegpt, decision_transformer, clvp modeling files).
+# Every other module PEFT can adapt with a 2-D weight is an ``nn.Linear``. PEFT forces
+# fan_in_fan_out=True for Conv1D and False for nn.Linear whatever adapter_config.json says; the shapes
+# tell the two apart except for square weights, where only the module type can.
+CONV1D_LEAVES = frozenset({"c_attn", "q_attn", "c_proj", "c_fc"})
+CONV1D_MODEL_TYPES: dict[str, frozenset[str]] = {
+    "gpt2": CONV1D_LEAVES,
+    "openai-gpt": CONV1D_LEAVES,
+    "imagegpt": CONV1D_LEAVES,
+    "decision_transformer": CONV1D_LEAVES,
+    "clvp": frozenset({"c_fc", "c_proj"}),
+    "clvp_decoder": frozenset({"c_fc", "c_proj"}),
+}
+# transformers model types whose c_attn / c_proj / c_fc are nn.Linear.
+LINEAR_C_MODEL_TYPES = frozenset({"gpt_bigcode", "gpt_neo", "starcoder2"})
+# transformers 5.3 AutoModelForCausalLM classes that keep some tensors in fp32 whatever dtype they are loaded in:
+# ``_keep_in_fp32_modules`` (applies when loading in fp16) and ``_keep_in_fp32_modules_strict`` (fp16 and bf16).
+# transformers matches each entry as a regex *search* of the parameter name, ``*`` meaning ``.*``
+# (``core_model_loading.build_glob_alternation``). Pinned against the installed classes by a test.
+KEEP_FP32: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "afmoe": (("expert_bias", "input_layernorm", "k_norm", "norm", "post_attention_layernorm", "post_mlp_layernorm",
+               "pre_mlp_layernorm", "q_norm"), ()),
+    "deepseek_v3": ((), ("e_score_correction_bias",)),
+    "dots1": ((), ("e_score_correction_bias",)),
+    "ernie4_5_moe": ((), ("gate.weight", "moe_statics")),
+    "exaone_moe": ((), ("e_score_correction_bias",)),
+    "glm4_moe": ((), ("e_score_correction_bias",)),
+    "glm4_moe_lite": ((), ("e_score_correction_bias",)),
+    "glm_moe_dsa": (("indexer.weights_proj",), ("e_score_correction_bias",)),
+    "gpt_oss": (("input_layernorm", "norm", "post_attention_layernorm"), ()),
+    "longcat_flash": (("classifier.weight",), ()),
+    "nemotron_h": ((), ("e_score_correction_bias",)),
+    "rwkv": (("time_decay", "time_first"), ()),
+    "solar_open": ((), ("e_score_correction_bias",)),
+}
+# config.json ``dtype`` / ``torch_dtype`` values (``getattr(torch, value)`` in transformers) -> safetensors name.
+CONFIG_DTYPES = {
+    "float32": "F32",
+    "float": "F32",
+    "float16": "F16",
+    "half": "F16",
+    "bfloat16": "BF16",
+    "float64": "F64",
+    "double": "F64",
+}
 # init_lora_weights values that leave the base weights alone (so base + delta is the merged model).
 SAFE_INITS = {True, False, "gaussian", "eva", "orthogonal"}
 # LoRA variants (LoraConfig fields tagged ``is_lora_variant``) other than DoRA, and other options that
@@ -140,44 +190,75 @@ def _load_adapter(adapter: CheckpointInfo, options: MergeOptions) -> _Adapter:
 # ------------------------------------------------------------------------------------------ config
 
 
-def _check_config(cfg: dict[str, Any], problems: list[str]) -> None:
-    """Refuse everything whose merge is not "base + LoRA delta" the way this module computes it."""
+_VARIANT_WHY = {
+    "target_parameters": (
+        "LoRA on nn.Parameter (e.g. MoE expert weights, merged through PEFT's ParamWrapper with a "
+        "per-expert rank of r x num_experts) is not implemented by ckpt-tool"
+    ),
+}
+
+
+def unsupported_reasons(cfg: dict[str, Any]) -> list[str]:
+    """Why this tuner / LoRA variant has a merge rule ckpt-tool does not implement (exit 5, Unsupported).
+
+    Empty when the adapter is plain LoRA / rsLoRA / DoRA, whose merge this module repeats exactly.
+    """
     peft_type = str(cfg.get("peft_type", "")).upper()
     if peft_type != "LORA":
         what = {
             "IA3": "IA3 scales base weights by learned vectors; its merge is not implemented here",
-            "ADALORA": "AdaLoRA (SVD form with lora_E and rank masks) is not implemented here",
+            "ADALORA": (
+                "AdaLoRA's update is in SVD form (lora_A, lora_E singular values, lora_B, pruned per module "
+                "by the learned rank masks) with its own merge rule, not implemented here"
+            ),
         }.get(peft_type, "only LoRA adapters can be merged by ckpt-tool")
-        problems.append(f"peft_type is {cfg.get('peft_type')!r}: {what} (use PEFT's merge_and_unload)")
-        return
+        return [f"peft_type is {cfg.get('peft_type')!r}: {what}"]
+    out = []
     init = cfg.get("init_lora_weights", True)
-    if init not in SAFE_INITS:
-        if isinstance(init, str) and re.match(r"(pissa|olora|corda|loftq|lora_ga)", init.lower()):
-            problems.append(
-                f"init_lora_weights={init!r} rewrote the base weights when the adapter was created, so the "
-                "original base + this delta is not the fine-tuned model (merge with the modified base PEFT saved, "
-                "or convert the adapter with save_pretrained(path_initial_model_for_weight_conversion=...) "
-                "and merge the converted adapter)"
-            )
-        else:
-            problems.append(f"init_lora_weights={init!r} is a LoRA variant ckpt-tool cannot merge exactly")
+    if init not in SAFE_INITS and not _rewrites_base(init):
+        out.append(f"init_lora_weights={init!r} is a LoRA variant ckpt-tool cannot merge exactly")
     if cfg.get("layer_replication"):
-        problems.append(
+        out.append(
             "layer_replication is set: the adapted model has duplicated layers that share base weights, "
             "which PEFT itself refuses to merge"
         )
     for key in OTHER_VARIANTS:
         if cfg.get(key):
-            problems.append(
-                f"{key} is set: that LoRA variant has its own merge rule, not implemented by ckpt-tool"
-            )
+            why = _VARIANT_WHY.get(key, "that LoRA variant has its own merge rule, not implemented by ckpt-tool")
+            out.append(f"{key} is set: {why}")
     if cfg.get("ensure_weight_tying") or cfg.get("target_modules_to_tie"):
+        out.append("ensure_weight_tying / target_modules_to_tie (adapters tied across layers) is not supported")
+    return out
+
+
+def _rewrites_base(init: Any) -> bool:
+    return isinstance(init, str) and re.match(r"(pissa|olora|corda|loftq|lora_ga)", init.lower()) is not None
+
+
+def _check_config(cfg: dict[str, Any], problems: list[str]) -> None:
+    """Refuse everything whose merge is not "base + LoRA delta" the way this module computes it.
+
+    Tuners and variants with another merge rule raise ``Unsupported`` at once; inputs that cannot
+    give the fine-tuned model (a base rewritten at init) are collected in ``problems`` (``Refused``).
+    """
+    reasons = unsupported_reasons(cfg)
+    if reasons:
+        raise Unsupported(
+            "cannot merge this adapter: " + "; ".join(reasons), "use PEFT's merge_and_unload() for this adapter"
+        )
+    init = cfg.get("init_lora_weights", True)
+    if _rewrites_base(init):
         problems.append(
-            "ensure_weight_tying / target_modules_to_tie (adapters tied across layers) is not supported"
+            f"init_lora_weights={init!r} rewrote the base weights when the adapter was created, so the "
+            "original base + this delta is not the fine-tuned model (merge with the modified base PEFT saved, "
+            "or convert the adapter with save_pretrained(path_initial_model_for_weight_conversion=...) "
+            "and merge the converted adapter)"
         )
     for key in ("r", "lora_alpha"):
         v = cfg.get(key, 8)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+        if _is_number(v) and not math.isfinite(v):
+            continue  # reported by _check_scales
+        if not _is_number(v) or v <= 0:
             problems.append(f"{key}={v!r} in adapter_config.json is not a positive number")
     for key in ("rank_pattern", "alpha_pattern"):
         v = cfg.get(key) or {}
@@ -185,10 +266,59 @@ def _check_config(cfg: dict[str, Any], problems: list[str]) -> None:
             problems.append(f"{key} in adapter_config.json is not a mapping")
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def config_scale_problems(cfg: dict[str, Any]) -> list[str]:
+    """Non-finite or absurd r / lora_alpha / rank_pattern / alpha_pattern values, each named.
+
+    JSON as Python reads it accepts ``NaN``, ``Infinity`` and ``1e999`` (= inf); PEFT would merge them
+    into NaN / inf weights without a word. (Per-module scales are checked by ``_check_scales``.)
+    """
+    rslora = bool(cfg.get("use_rslora"))
+    r0, a0 = cfg.get("r", 8), cfg.get("lora_alpha", 8)
+    out = []
+    p = scale_problem(a0, r0, rslora)
+    if p:
+        out.append(p)
+    alphas, ranks = cfg.get("alpha_pattern"), cfg.get("rank_pattern")
+    for key, value in alphas.items() if isinstance(alphas, dict) else ():
+        p = scale_problem(value, 1)  # the value itself; its scale with the module's r is checked per module
+        if p:
+            out.append(f"alpha_pattern[{key!r:.60}]: {p}")
+    for key, value in ranks.items() if isinstance(ranks, dict) else ():
+        p = scale_problem(1, value)
+        if p:
+            out.append(f"rank_pattern[{key!r:.60}]: {p}")
+    return out
+
+
+def _check_scales(ad_dir: Path, cfg: dict[str, Any], modules: dict[str, _Module] | None = None) -> None:
+    """Raise ``InvalidFile`` (exit 4) for every scale that is not finite and sane, before anything is written."""
+    found = config_scale_problems(cfg)
+    for m in (modules or {}).values():
+        p = scale_problem(m.alpha, m.r, bool(cfg.get("use_rslora")))
+        if p:
+            found.append(f"{m.name}: {p}")
+    if found:
+        shown = "; ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise InvalidFile(
+            f"{ad_dir / 'adapter_config.json'}: unusable LoRA scale(s): {shown}: merging would silently turn the "
+            "adapted weights into NaN, inf or garbage",
+            "set r / lora_alpha (and the patterns) to the values used in training",
+        )
+
+
 def _scaling(cfg: dict[str, Any], module: str) -> tuple[int, float, float]:
-    """(r, alpha, scaling) of one module, as ``LoraModel._create_and_replace`` + ``update_layer`` compute them."""
+    """(r, alpha, scaling) of one module, as ``LoraModel._create_and_replace`` + ``update_layer`` compute them.
+
+    The scaling is NaN for values ``scale_problem`` rejects; ``_check_scales`` refuses those before use.
+    """
     r = pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8))
     alpha = pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8))
+    if scale_problem(alpha, r, bool(cfg.get("use_rslora"))) is not None:
+        return r, alpha, math.nan
     scaling = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     return r, alpha, scaling
 
@@ -321,11 +451,15 @@ def _replace_step(key: str) -> Callable[[torch.Tensor, Callable[[str], torch.Ten
     return step
 
 
-def _compose(steps: list[Callable[..., torch.Tensor]]) -> Change:
-    """Run ``steps`` in order on one base tensor (the engine casts the result to the output dtype)."""
+def _compose(steps: list[Callable[..., torch.Tensor]], cast: str | None = None) -> Change:
+    """Run ``steps`` in order on one base tensor (the engine casts the result to the output dtype).
+
+    ``cast``: the dtype transformers loads this tensor in when it differs from the stored one; the
+    base is cast first, as loading does before PEFT touches it.
+    """
 
     def change(base: torch.Tensor, load: Callable[[str], torch.Tensor]) -> torch.Tensor:
-        t = base
+        t = base if cast is None else base.to(torch_dtype(cast))
         for s in steps:
             t = s(t, load)
         return t
@@ -446,9 +580,12 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     ad = _load_adapter(adapter, options)
     cfg = ad.config
     problems: list[str] = []
-    _check_config(cfg, problems)
-    if problems and str(cfg.get("peft_type", "")).upper() != "LORA":
-        raise Refused(f"{ad.dir}: cannot merge this adapter: " + "; ".join(problems))
+    try:
+        _check_config(cfg, problems)
+    except Unsupported as exc:
+        raise Unsupported(f"{ad.dir}: {exc.message}", exc.hint) from None
+    _check_scales(ad.dir, cfg)
+    _check_out(adapter, options)
     if base.kind != "model":
         problems.append(f"the base {base.path} is a {base.format} {base.kind}, not a model")
 
@@ -463,6 +600,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     base_config = (base.details or {}).get("config") or {}
     model_type = str(base_config.get("model_type", ""))
     out_dt = options.out_dtype
+    load_dt, dt_source = _load_dtype(base, base_config, options)
 
     # ---- classify the adapter tensors
     modules: dict[str, _Module] = {}
@@ -532,8 +670,9 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
 
     # ---- check and finish each adapted module
     use_dora = bool(cfg.get("use_dora"))
-    fifo_cfg = bool(cfg.get("fan_in_fan_out"))
     tied = _tied(base_config)
+    undecided: list[_Module] = []  # square c_attn/c_proj/c_fc of a model type not known here
+    layouts: set[bool] = set()  # Conv1D (True) / Linear (False) layouts seen on non-square c_* weights
     for name, m in sorted(modules.items()):
         parts = set(m.keys)
         emb = {"lora_embedding_A", "lora_embedding_B"} & parts
@@ -620,22 +759,25 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                     f"{name}: lora_A/lora_B ranks {ra}/{rb} disagree with r={m.r} from adapter_config.json"
                 )
                 continue
-            if ws == (fout, fin) and ws == (fin, fout):
-                # square: only the module type tells; PEFT forces fan_in_fan_out per type
-                if model_type in CONV1D_MODEL_TYPES:
-                    m.fan_in_fan_out = name.split(".")[-1] != "lm_head"
-                else:
-                    m.fan_in_fan_out = fifo_cfg
-            elif ws == (fout, fin):
-                m.fan_in_fan_out = False
-            elif ws == (fin, fout):
-                m.fan_in_fan_out = True
-            else:
+            fits_linear, fits_conv1d = ws == (fout, fin), ws == (fin, fout)
+            if not (fits_linear or fits_conv1d):
                 problems.append(
                     f"{name}: LoRA delta is {[fout, fin]} (B {list(shapes['lora_B.weight'])} @ A "
                     f"{list(shapes['lora_A.weight'])}) but the base weight is {list(ws)}"
                 )
                 continue
+            if fits_linear and fits_conv1d:
+                # square: only the module type tells; PEFT forces fan_in_fan_out per type
+                # (dispatch_default: nn.Linear -> False, transformers Conv1D -> True)
+                conv1d = _is_conv1d(model_type, name)
+                if conv1d is None:
+                    undecided.append(m)
+                else:
+                    m.fan_in_fan_out = conv1d
+            else:
+                m.fan_in_fan_out = fits_conv1d  # the stored layout says which module type it is
+                if name.rsplit(".", 1)[-1] in CONV1D_LEAVES:
+                    layouts.add(fits_conv1d)
             out_features = fout
             if "lora_B.bias" in parts:
                 if shapes["lora_B.bias"] != (fout,):
@@ -654,8 +796,19 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                 f"{name}: lora_magnitude_vector has shape {list(shapes['lora_magnitude_vector'])}, expected {[out_features]}"
             )
             continue
+    if undecided and len(layouts) == 1:
+        for m in undecided:  # the model's other c_* weights show which module type it uses
+            m.fan_in_fan_out = next(iter(layouts))
+    elif undecided:
+        problems.append(
+            f"{_examples([m.name for m in undecided])}: square weights named like transformers Conv1D modules in a "
+            f"model of type {model_type or 'unknown (no config.json)'}: whether they are Conv1D (PEFT transposes "
+            "their delta) or nn.Linear (it does not, whatever fan_in_fan_out says) cannot be told from the files "
+            "- pass the base model directory with its config.json"
+        )
     if not modules and not replacements:
         problems.append("the adapter file holds no LoRA tensors")
+    _check_scales(ad.dir, cfg, {n: m for n, m in modules.items() if m.r})
     if tied:
         _check_tied(base_config, base_by_name, modules, replacements, problems)
     if problems:
@@ -666,9 +819,17 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         )
 
     # ---- build the changes (replacement first, as load_state_dict runs before merge)
+    keep_fp32 = _keep_fp32_regex(model_type, load_dt)
+
+    def loaded(t: TensorInfo) -> str:
+        """The dtype a base tensor has once transformers loaded it (``from_pretrained(base, dtype=...)``)."""
+        if not load_dt or t.dtype not in FLOAT_DTYPES:
+            return t.dtype
+        return "F32" if keep_fp32 is not None and keep_fp32.search(t.name) else load_dt
+
     def pdt_name(bt: TensorInfo) -> str:
         """Dtype of PEFT's adapter parameters: the base dtype, upcast to fp32 unless it is fp64."""
-        return "F64" if bt.dtype == "F64" else "F32"
+        return "F64" if loaded(bt) == "F64" else "F32"
 
     steps: dict[str, list[Callable[..., Any]]] = {}
     scratch = Scratch()  # shared by every step: they run one at a time on the engine thread
@@ -683,9 +844,21 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     out_dtype: dict[str, str] = {}
     changes: dict[str, Change] = {}
     for t in base.tensors:
-        out_dtype[t.name] = out_dt if (out_dt and t.dtype in FLOAT_DTYPES) else t.dtype
+        out_dtype[t.name] = loaded(t)
         if t.name in steps:
-            changes[t.name] = _compose(steps[t.name])
+            cast = loaded(t) if loaded(t) != t.dtype else None
+            changes[t.name] = _compose(steps[t.name], cast)
+    recast = sorted({t.dtype for t in base.tensors if loaded(t) != t.dtype})
+    warnings: list[str] = []
+    if recast and dt_source != "--dtype":
+        warnings.append(
+            f"the base is stored in {'/'.join(recast)} but its config.json says {dt_source.split()[-1]} "
+            f"{base_config.get(dt_source.split()[-1])!r}: like PEFT's default flow "
+            f"(AutoModelForCausalLM.from_pretrained(base), dtype='auto' follows config.json) the base is loaded "
+            f"as {load_dt} before merging, so the merged model is {load_dt}"
+            + (f" (except what transformers keeps in fp32 for {model_type})" if keep_fp32 is not None else "")
+            + "; pass --dtype to load it in another dtype (as from_pretrained(base, dtype=...) does)"
+        )
     used = {k for m in modules.values() for k in m.keys.values()} | set(replacements.values())
     adapter_tensors = {k: v for k, v in ad.tensors.items() if k in used}
 
@@ -708,6 +881,8 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         "scales": scales,
         "changed_tensors": len(changes),
         "out_dtype": out_dt or "auto",
+        "load_dtype": load_dt,
+        "dtype_source": dt_source,
         "reference": "peft merge_and_unload (bit-identical)",
     }
     return MergePlan(
@@ -719,4 +894,94 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         layout="hf",
         copy_files=copy_files,
         summary=summary,
+        warnings=warnings,
+        protected_dirs=_adapter_dirs(adapter),
+        identity=[ad.weights, ad.dir / CONFIG_NAME],
     )
+
+
+def _adapter_dirs(adapter: CheckpointInfo) -> list[Path]:
+    """Every folder of the PEFT save: the root and each adapter's own dir (a merged model written into
+    one of them sits next to an adapter_config.json, and transformers then loads it as base + adapter)."""
+    details = adapter.details or {}
+    dirs = [Path(d["dir"]) for d in (details.get("adapters") or {}).values() if d.get("dir")]
+    root = _adapter_root(adapter)
+    if root is not None:
+        dirs.append(root)
+    return dirs
+
+
+def _check_out(adapter: CheckpointInfo, options: MergeOptions) -> None:
+    """``--out`` into a folder holding an adapter_config.json (this adapter's or any other)."""
+    out = (options.extra or {}).get("out")
+    if out is None:
+        return
+    out = Path(out)
+    if (out / CONFIG_NAME).exists() or any(_same_dir(out, d) for d in _adapter_dirs(adapter)):
+        raise Refused(
+            f"--out {out} is an adapter folder (it holds {CONFIG_NAME}): from_pretrained on it loads the base "
+            f"named in {CONFIG_NAME} plus the adapter instead of the merged weights, and whatever loads the merged "
+            "weights with the adapter applies the delta twice",
+            "write the merged model to a new directory with --out",
+        )
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _is_conv1d(model_type: str, module: str) -> bool | None:
+    """Whether PEFT sees ``module`` as transformers' ``Conv1D`` (True) or ``nn.Linear`` (False).
+
+    None for a ``c_attn``/``c_proj``/``c_fc``/``q_attn`` of a model type not listed here (remote code
+    such as Qwen-1 names nn.Linear modules that way): the caller decides from the model's other weights.
+    """
+    leaf = module.rsplit(".", 1)[-1]
+    if leaf not in CONV1D_LEAVES or model_type in LINEAR_C_MODEL_TYPES:
+        return False
+    if model_type in CONV1D_MODEL_TYPES:
+        return leaf in CONV1D_MODEL_TYPES[model_type]
+    return None
+
+
+def _keep_fp32_regex(model_type: str, load_dt: str | None) -> re.Pattern[str] | None:
+    """transformers' dtype plan for this model type and load dtype: the tensors it keeps in fp32."""
+    lists = KEEP_FP32.get(model_type)
+    if lists is None or load_dt not in ("F16", "BF16"):
+        return None
+    globs = list(lists[1]) + (list(lists[0]) if load_dt == "F16" else [])
+    return re.compile("|".join(f"(?:{g.replace('*', '.*')})" for g in globs)) if globs else None
+
+
+def _load_dtype(base: CheckpointInfo, config: dict[str, Any], options: MergeOptions) -> tuple[str | None, str]:
+    """The dtype transformers loads the base in, and where it comes from.
+
+    ``--dtype X`` is ``from_pretrained(base, dtype=X)``. Otherwise transformers 5's default
+    ``dtype="auto"``: config.json ``dtype`` (else the legacy ``torch_dtype``), else the dtype of the
+    first floating tensor (``get_state_dict_dtype``; here only when every floating tensor agrees).
+    """
+    if options.out_dtype:
+        return options.out_dtype, "--dtype"
+    for key in ("dtype", "torch_dtype"):
+        value = config.get(key)
+        if value is None:
+            continue
+        name = CONFIG_DTYPES.get(value) if isinstance(value, str) else None
+        if name is None:
+            raise Unsupported(
+                f"{base.path}: config.json {key} = {value!r:.40} is not a floating dtype ckpt-tool can load the "
+                "base in (transformers would fail, or load a quantized model)",
+                "pass --dtype bf16, fp16 or fp32 to say which dtype to load the base in",
+            )
+        return name, f"config.json {key}"
+    floats = {t.dtype for t in base.tensors if t.dtype in FLOAT_DTYPES}
+    if len(floats) > 1:
+        raise Refused(
+            f"{base.path}: config.json records no dtype and the base mixes {', '.join(sorted(floats))}: "
+            "transformers would load everything in the dtype of the first floating tensor of the first file",
+            "pass --dtype to say which dtype to load the base in",
+        )
+    return (next(iter(floats)) if floats else None), "stored (config.json has no dtype)"
