@@ -999,7 +999,9 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
         raise Unsupported(
             f"the adapted modules differ in rank or scale (rank_pattern/alpha_pattern, or fused modules): {shown}; "
             "LitGPT's LoRA has one lora_r and one lora_alpha for every module",
-            "merge the adapter with 'ckpt-tool merge' and convert the merged model instead",
+            "merge the adapter with 'ckpt-tool merge' and convert the merged model instead (a LitGPT LoRA converted "
+            "to PEFT for a model with fused qkv_proj / query_key_value / gate_up_proj has such ranks: keep and convert "
+            "the LitGPT original)",
         )
     (r, scale), _ = next(iter(rank_scale.items()))
     alpha = _lit_alpha(scale, r)
@@ -1087,7 +1089,9 @@ def _checkpoint_dir(options: Any, base_kind: str, view: HubView) -> tuple[str | 
         f"'ckpt-tool convert {options.base} --to lit --out DIR' and set checkpoint_dir in {HYPERPARAMETERS}"
     ]
     if isinstance(rec, str) and rec:
-        notes[0] += f" (it records {rec!r}, PEFT's base_model_name_or_path, which LitGPT looks for as checkpoints/{rec})"
+        notes[0] += (
+            f"; it records {rec!r}, PEFT's base_model_name_or_path, which LitGPT resolves as given or under checkpoints/"
+        )
         return rec, notes
     return None, notes
 
