@@ -2,7 +2,8 @@
 
 ``detect`` reads ``adapter_config.json`` and the adapter tensors' headers and
 checks them strictly (PEFT itself loads with ``strict=False``); ``merge``
-reproduces ``merge_and_unload()`` bit for bit, one tensor at a time.
+reproduces ``merge_and_unload()`` bit for bit, one tensor at a time; ``convert``
+expresses LoRA adapters in hub naming and writes the ``peft`` layout.
 """
 
 from __future__ import annotations
@@ -52,3 +53,21 @@ def ckpt_register_layouts(register: Any) -> None:
             "adapter_model.safetensors",
         )
     )
+
+
+@hookimpl
+def ckpt_to_hub(source: Any, options: Any) -> Any:
+    if source.format != FORMAT:
+        return None
+    from ckpt_tool_peft.convert import to_hub
+
+    return to_hub(source, options)
+
+
+@hookimpl
+def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any:
+    if layout != FORMAT:
+        return None
+    from ckpt_tool_peft.convert import from_hub
+
+    return from_hub(view, layout, options)
