@@ -593,3 +593,17 @@ def test_base_table_is_litgpt_state_dict_for_every_registry_config():
         assert LitModel(asdict(cfg)).base_table() == ref, cfg.name
         checked += 1
     assert checked > 60  # of LitGPT's 210 registry configs, 84 distinct tensor tables (0.5.13)
+
+
+def test_a_merged_model_beside_the_new_lit_adapter_counts_as_existing_output(cli, tmp_path):
+    """LitGPT takes final/lit_model.pth beside lit_model.pth.lora as that adapter's merge without looking."""
+    _, hf, adapter = _peft_adapter(cli, tmp_path, r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])
+    out = tmp_path / "lit"
+    out.mkdir()
+    (out / "lit_model.pth").write_bytes(b"an older merge")
+    res = cli("convert", adapter, "--to", "lit", "--out", out, "--base", hf)
+    assert res.code == 6 and "lit_model.pth" in res.stderr and "--force" in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["lit_model.pth"]
+    res = cli("convert", adapter, "--to", "lit", "--out", out, "--base", hf, "--force", "--json")
+    assert res.code == 0, res.stderr
+    assert not (out / "lit_model.pth").exists() and (out / "lit_model.pth.lora").is_file()

@@ -86,7 +86,11 @@ class SingleFileLayout:
         ordered = safetensors_order(outs) if self.container == "safetensors" else list(outs)
         meta = _metadata(sink, {"format": "pt"}) if self.container == "safetensors" else None
         wrapper = sink.options.get("wrapper", self.wrapper) if self.container == "torch" else None
-        return LayoutFiles([FilePlan(path, self.container, [o.name for o in ordered], meta, wrapper)])
+        # files a loader would take instead of (or together with) the new one, e.g. a merged lit_model.pth
+        # beside a new LitGPT adapter: existing output, replaced only with --force
+        stale = [path.parent / n for n in sink.options.get("stale_names", ()) if (path.parent / n) != path]
+        stale = [p for p in stale if p.exists()]
+        return LayoutFiles([FilePlan(path, self.container, [o.name for o in ordered], meta, wrapper)], stale=stale)
 
 
 @dataclass

@@ -1076,7 +1076,9 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
     if view.config.get("use_rslora"):
         notes.append(f"rsLoRA scale alpha/√r = {scale!r} kept exactly as lora_alpha = {alpha} with r = {r}")
     summary = {"family": fam.name, "lora": {"r": r, "alpha": alpha, **{g: flags[g] for g in FLAGS}}}
-    return HubResult(steps, side, {"weights_name": LORA_WEIGHTS, "wrapper": "model"}, summary, notes)
+    # a merged lit_model.pth beside a new adapter would be taken for its merge (LitGPT does not look): stale
+    options = {"weights_name": LORA_WEIGHTS, "wrapper": "model", "stale_names": ["lit_model.pth"]}
+    return HubResult(steps, side, options, summary, notes)
 
 
 def _checkpoint_dir(options: Any, base_kind: str, view: HubView) -> tuple[str | None, list[str]]:
