@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ckpt_tool.errors import UsageError
 from ckpt_tool.io.atomic import atomic_write
 from ckpt_tool.model import DTYPE_SIZES
 
@@ -453,21 +454,36 @@ def open_torch(
 
 
 def parse_size(text: str) -> int:
-    """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``"1234"`` -> 1234 (HF conventions)."""
+    """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``"1234"`` -> 1234 (HF conventions).
+
+    Exact decimal arithmetic (``"1.1GB"`` is 1_100_000_000, not a float's rounding of it); ``inf``,
+    ``nan``, ``1e400`` and sizes beyond 2**63 bytes are refused as bad option values.
+
+    Raises:
+        UsageError: not a positive finite size (exit 2).
+    """
+    from decimal import Decimal, InvalidOperation
+
     units = {
         "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
     }
-    s = text.strip().upper().replace(" ", "")
+    bad = UsageError(f"not a size: {text!r}", "use e.g. 5GB, 500MB, 2GiB")
+    s = str(text).strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num) :]
+    if unit not in units or not num or len(num) > 40:
+        raise bad
     try:
-        value = float(num)
-    except ValueError:
-        raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)") from None
-    if unit not in units or value <= 0:
-        raise ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)")
-    return int(value * units[unit])
+        value = Decimal(num)
+    except (InvalidOperation, ValueError):
+        raise bad from None
+    if not value.is_finite() or value <= 0 or value.adjusted() > 30:
+        raise bad
+    size = int(value * units[unit])
+    if not 0 < size < 2**63:
+        raise bad
+    return size
 
 
 def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
