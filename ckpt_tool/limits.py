@@ -26,6 +26,11 @@ MAX_PICKLE_BYTES = 64 << 20
 #: opcode pre-scan refuses them before the pickle is replayed.
 MAX_PICKLE_DEPTH = 100
 
+#: Items between a MARK and the opcode that collects them (one tuple, or one batch of list/dict items).
+#: Python's pickler writes list and dict items in batches of 1,000; tuples are shapes and arguments.
+#: Checked by the pre-scan, so the C unpickler never builds the stack for a 30-million-item MARK.
+MAX_PICKLE_MARK_ITEMS = 1 << 20
+
 #: Entries in the zip's central directory. One per storage plus ~7 records: a 6,000-tensor model with
 #: Adam state has ~18,000. zipfile builds an object (~400 bytes) per entry before anything is checked.
 MAX_ZIP_MEMBERS = 1 << 18

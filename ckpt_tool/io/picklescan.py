@@ -26,7 +26,7 @@ from __future__ import annotations
 import struct
 
 from ckpt_tool.errors import InvalidFile
-from ckpt_tool.limits import MAX_PICKLE_DEPTH
+from ckpt_tool.limits import MAX_PICKLE_DEPTH, MAX_PICKLE_MARK_ITEMS
 
 _U32 = struct.Struct("<I")
 _MAX_GLOBAL_LINE = 256  # a module or attribute name in GLOBAL
@@ -56,6 +56,10 @@ _REFUSED = {
 
 def _bad(what: str) -> InvalidFile:
     return InvalidFile(f"data.pkl: {what}", "the pickle is corrupt or crafted; torch.save never writes this")
+
+
+def _too_many(count: int, pos: int) -> InvalidFile:
+    return _bad(f"{count} items after one MARK at byte {pos} (limit {MAX_PICKLE_MARK_ITEMS})")
 
 
 def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
@@ -106,10 +110,14 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                 push(0)
                 pos += 2
             elif op == 0x28:  # ( MARK
+                if marks and len(stack) - marks[-1] > MAX_PICKLE_MARK_ITEMS:
+                    raise _too_many(len(stack) - marks[-1], pos)
                 marks.append(len(stack))
                 pos += 1
             elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:  # t TUPLE, l LIST, d DICT, FROZENSET
                 mark = marks.pop()
+                if len(stack) - mark > MAX_PICKLE_MARK_ITEMS:
+                    raise _too_many(len(stack) - mark, pos)
                 items = stack[mark:]
                 del stack[mark:]
                 depth = max(items) + 1 if items else 1
@@ -148,6 +156,8 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                 pos += 1
             elif op == 0x75 or op == 0x65 or op == 0x90:  # u SETITEMS, e APPENDS, ADDITEMS
                 mark = marks.pop()
+                if len(stack) - mark > MAX_PICKLE_MARK_ITEMS:
+                    raise _too_many(len(stack) - mark, pos)
                 items = stack[mark:]
                 del stack[mark:]
                 if items:
@@ -228,6 +238,8 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                     raise _bad("frame runs past the end")
                 pos += 9
             elif op == 0x2E:  # . STOP
+                if len(stack) - (marks[-1] if marks else 0) > MAX_PICKLE_MARK_ITEMS:
+                    raise _too_many(len(stack), pos)
                 return pos
             else:
                 why = _REFUSED.get(op, f"unknown opcode 0x{op:02x}")

@@ -103,6 +103,11 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[list[TensorIn
         blob = fh.read(n)
     if len(blob) != n:
         raise InvalidFile(f"{path}: safetensors file shrank while being read")
+    # Every tensor entry has a "data_offsets" key: counting them (C speed) refuses a header with too
+    # many tensors before the much slower parse. (Escaped spellings are caught after parsing.)
+    declared = blob.count(b'"data_offsets"')
+    if declared > MAX_SAFETENSORS_TENSORS:
+        raise InvalidFile(f"{path}: safetensors header declares {declared} tensors (limit {MAX_SAFETENSORS_TENSORS})")
     try:
         header = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_int=_parse_int)
     except InvalidFile as exc:
