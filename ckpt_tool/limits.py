@@ -16,9 +16,11 @@ MAX_LORA_SCALE = 1e6
 # --- torch zip (``.pth`` / ``.bin`` / ``.pt``) ------------------------------------------------------
 
 #: Size of ``data.pkl``. torch.save writes ~115 bytes per tensor (~350 with Adam state): a 405B model's
-#: pickle is ~0.15 MB, a 6,000-tensor model with full optimizer state ~2 MB. Unpickling can cost ~50x
-#: its size in objects, so the cap bounds memory at about 3 GiB in the very worst case.
-MAX_PICKLE_BYTES = 64 << 20
+#: pickle is ~0.15 MB, a 6,000-tensor model with full optimizer state ~2 MB, so 16 MiB is 8x the
+#: largest we know of (~48,000 tensors with Adam state). A crafted pickle costs up to ~35 bytes of
+#: objects per input byte (an empty list per 2 bytes) and ~0.5 us per byte to pre-scan and replay,
+#: so the cap bounds the worst case near 600 MB and ~10 s.
+MAX_PICKLE_BYTES = 16 << 20
 
 #: Nesting depth of the unpickled structure (containers in containers). A state dict is 2-4 deep, a
 #: Lightning checkpoint with optimizer state and hyperparameters ~10. Deeper structures make CPython's

@@ -188,16 +188,18 @@ def test_real_files_still_read(tmp_path: Path) -> None:
     lin = torch.nn.Linear(4, 3)
     emb = torch.nn.Parameter(torch.randn(10, 4))
     base = torch.randn(6, 4)
+    sd = collections.OrderedDict(w=lin.weight, b=lin.bias, wte=emb, head=emb, t=base.t(), sl=base[2:4],
+                                 pos=torch.arange(8).expand(1, -1))
+    opt = torch.optim.SGD([lin.weight], lr=0.1, momentum=0.9)
+    lin.weight.sum().backward()
+    opt.step()
+    optimizer = {"state": {0: {"step": torch.tensor(1.0), "exp_avg": torch.zeros(3, 4), "exp_avg_sq": torch.zeros(3, 4)}},
+                 "param_groups": [{"lr": 0.1, "params": [0]}], "momentum": opt.state_dict()["state"][0]["momentum_buffer"]}
     for proto in (2, 3, 4, 5):
-        sd = collections.OrderedDict(w=lin.weight, b=lin.bias, wte=emb, head=emb, t=base.t(), sl=base[2:4],
-                                     pos=torch.arange(8).expand(1, -1))
         path = tmp_path / f"p{proto}.pth"
-        opt = torch.optim.Adam([lin.weight])
-        lin.weight.sum().backward()
-        opt.step()
-        torch.save({"model": sd, "optimizer": opt.state_dict()}, path, pickle_protocol=proto)
+        torch.save({"model": sd, "optimizer": optimizer}, path, pickle_protocol=proto)
         tz = read_torch_zip(path)
-        assert list(tz.weights) == list(sd) and tz.other_tensors == 3  # step, exp_avg, exp_avg_sq
+        assert list(tz.weights) == list(sd) and tz.other_tensors == 4  # step, exp_avg, exp_avg_sq, momentum
         for name, t in sd.items():
             info = tz.weights[name]
             assert (info.shape, info.stride, info.storage_offset) == (tuple(t.shape), t.stride(), t.storage_offset())

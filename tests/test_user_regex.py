@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import re
 
+from ckpt_tool_peft.detect import pattern_key, pattern_value, targets_module, user_regex_match
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from ckpt_tool_peft.detect import pattern_key, pattern_value, targets_module, user_regex_match
 
 MODULES = [
     "model.layers.0.self_attn.q_proj", "model.layers.11.self_attn.v_proj", "model.layers.3.mlp.down_proj",

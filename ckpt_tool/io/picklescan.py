@@ -53,6 +53,24 @@ _REFUSED = {
     0x98: "READONLY_BUFFER (out-of-band buffer)",
 }
 
+# Opcode categories (one table lookup, then a short chain: the cost of the slowest opcode bounds the
+# cost of a crafted pickle, so no opcode sits deep in a long if-chain).
+(_REFUSE, _LEAF, _LONG_MEMO, _PUT, _GET, _STRING, _MARK, _COLLECT, _CALL, _WRAP, _REPLACE_LEAF, _EXTEND, _INSERT,
+ _STACK, _GLOBAL, _LONG1, _FRAMING, _STOP) = range(18)
+_cat = bytearray(256)
+_skip = bytearray(256)
+for _ops, _c, _n in (
+    (b"N\x88\x89)]}\x8f", _LEAF, 1), (b"K", _LEAF, 2), (b"M", _LEAF, 3), (b"J", _LEAF, 5), (b"G", _LEAF, 9),
+    (b"rj", _LONG_MEMO, 0), (b"q\x94", _PUT, 0), (b"h", _GET, 0),
+    (b"XBT", _STRING, 4), (b"\x8cCU", _STRING, 1), (b"\x8d\x8e", _STRING, 8),
+    (b"(", _MARK, 0), (b"tld\x91", _COLLECT, 0), (b"R\x81", _CALL, 0), (b"\x85\x86\x87", _WRAP, 0),
+    (b"Q\x93", _REPLACE_LEAF, 0), (b"ue\x90", _EXTEND, 0), (b"sab", _INSERT, 0), (b"012\x92", _STACK, 0),
+    (b"c", _GLOBAL, 0), (b"\x8a", _LONG1, 0), (b"\x80\x95", _FRAMING, 0), (b".", _STOP, 0),
+):
+    for _op in _ops:
+        _cat[_op], _skip[_op] = _c, _n
+_CATEGORY, _SKIP = bytes(_cat), bytes(_skip)
+
 
 def _bad(what: str) -> InvalidFile:
     return InvalidFile(f"data.pkl: {what}", "the pickle is corrupt or crafted; torch.save never writes this")
@@ -77,11 +95,17 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
     memo: dict[int, int] = {}  # memo index -> depth of the memoised item
     push = stack.append
     unpack_from = _U32.unpack_from
+    cat = _CATEGORY
+    skip = _SKIP
     pos = 0
     try:
         while True:
             op = data[pos]
-            if op == 0x72 or op == 0x6A:  # r LONG_BINPUT, j LONG_BINGET
+            c = cat[op]
+            if c == _LEAF:  # fixed-size leaf pushes: NONE, bools, EMPTY_*, BININT*, BINFLOAT
+                push(0)
+                pos += skip[op]
+            elif c == _LONG_MEMO:  # r LONG_BINPUT, j LONG_BINGET
                 (idx,) = unpack_from(data, pos + 1)
                 if idx > max_memo:
                     raise _bad(f"memo index {idx} at byte {pos} is impossible in a {n}-byte pickle")
@@ -90,31 +114,28 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                 else:
                     push(memo[idx])
                 pos += 5
-            elif op == 0x71:  # q BINPUT
-                memo[data[pos + 1]] = stack[-1]
-                pos += 2
-            elif op == 0x68:  # h BINGET
+            elif c == _PUT:  # q BINPUT, MEMOIZE
+                if op == 0x71:
+                    memo[data[pos + 1]] = stack[-1]
+                    pos += 2
+                else:
+                    memo[len(memo)] = stack[-1]
+                    pos += 1
+            elif c == _GET:  # h BINGET
                 push(memo[data[pos + 1]])
                 pos += 2
-            elif op == 0x58 or op == 0x42 or op == 0x54:  # X BINUNICODE, B BINBYTES, T BINSTRING (4-byte length)
-                pos += 5 + int.from_bytes(data[pos + 1 : pos + 5], "little")
+            elif c == _STRING:  # counted strings and bytes: 1-, 4- or 8-byte length
+                width = skip[op]
+                pos += 1 + width + int.from_bytes(data[pos + 1 : pos + 1 + width], "little")
                 if pos > n:
                     raise _bad("string runs past the end")
                 push(0)
-            elif op == 0x8C or op == 0x43 or op == 0x55:  # SHORT_BINUNICODE, SHORT_BINBYTES, SHORT_BINSTRING
-                pos += 2 + data[pos + 1]
-                if pos > n:
-                    raise _bad("string runs past the end")
-                push(0)
-            elif op == 0x4B:  # K BININT1
-                push(0)
-                pos += 2
-            elif op == 0x28:  # ( MARK
+            elif c == _MARK:
                 if marks and len(stack) - marks[-1] > MAX_PICKLE_MARK_ITEMS:
                     raise _too_many(len(stack) - marks[-1], pos)
                 marks.append(len(stack))
                 pos += 1
-            elif op == 0x74 or op == 0x6C or op == 0x64 or op == 0x91:  # t TUPLE, l LIST, d DICT, FROZENSET
+            elif c == _COLLECT:  # t TUPLE, l LIST, d DICT, FROZENSET: the items after MARK become one object
                 mark = marks.pop()
                 if len(stack) - mark > MAX_PICKLE_MARK_ITEMS:
                     raise _too_many(len(stack) - mark, pos)
@@ -125,20 +146,11 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                     raise _bad(f"structure nested more than {max_depth} levels deep (at byte {pos})")
                 push(depth)
                 pos += 1
-            elif op == 0x52:  # R REDUCE: result built from the args (conservatively as deep)
+            elif c == _CALL:  # REDUCE, NEWOBJ (callable, args) -> result built from the args (as deep)
                 args = stack.pop()
                 stack[-1] = args
                 pos += 1
-            elif op == 0x94:  # MEMOIZE
-                memo[len(memo)] = stack[-1]
-                pos += 1
-            elif op == 0x85:  # TUPLE1
-                depth = stack[-1] + 1
-                if depth > max_depth:
-                    raise _bad(f"structure nested more than {max_depth} levels deep (at byte {pos})")
-                stack[-1] = depth
-                pos += 1
-            elif op == 0x86 or op == 0x87:  # TUPLE2, TUPLE3
+            elif c == _WRAP:  # TUPLE1/2/3
                 k = op - 0x84
                 if len(stack) - (marks[-1] if marks else 0) < k:
                     raise _bad(f"stack underflow at byte {pos}")
@@ -148,13 +160,12 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                 del stack[-k:]
                 push(depth)
                 pos += 1
-            elif op == 0x51:  # Q BINPERSID: the id is replaced by an opaque storage
+            elif c == _REPLACE_LEAF:  # Q BINPERSID (id -> opaque storage), STACK_GLOBAL (module, name -> global)
+                if op == 0x93:
+                    stack.pop()
                 stack[-1] = 0
                 pos += 1
-            elif op == 0x88 or op == 0x89 or op == 0x4E or op == 0x29 or op == 0x5D or op == 0x7D or op == 0x8F:
-                push(0)  # NEWTRUE NEWFALSE NONE EMPTY_TUPLE EMPTY_LIST EMPTY_DICT EMPTY_SET
-                pos += 1
-            elif op == 0x75 or op == 0x65 or op == 0x90:  # u SETITEMS, e APPENDS, ADDITEMS
+            elif c == _EXTEND:  # u SETITEMS, e APPENDS, ADDITEMS: items after MARK go into the object below
                 mark = marks.pop()
                 if len(stack) - mark > MAX_PICKLE_MARK_ITEMS:
                     raise _too_many(len(stack) - mark, pos)
@@ -168,7 +179,7 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                 elif not stack:
                     raise _bad(f"stack underflow at byte {pos}")
                 pos += 1
-            elif op == 0x73 or op == 0x61 or op == 0x62:  # s SETITEM (k, v), a APPEND (v), b BUILD (state)
+            elif c == _INSERT:  # s SETITEM (k, v), a APPEND (v), b BUILD (state)
                 v = stack.pop()
                 if op == 0x73:
                     v = max(v, stack.pop())
@@ -177,67 +188,44 @@ def scan(data: bytes | memoryview, max_depth: int = MAX_PICKLE_DEPTH) -> int:
                     raise _bad(f"structure nested more than {max_depth} levels deep (at byte {pos})")
                 stack[-1] = depth
                 pos += 1
-            elif op == 0x63:  # c GLOBAL "module\nname\n"
+            elif c == _STACK:  # POP, POP_MARK, DUP, NEWOBJ_EX
+                if op == 0x30:  # POP (pops a MARK when nothing is above it, as CPython does)
+                    if marks and len(stack) == marks[-1]:
+                        marks.pop()
+                    else:
+                        stack.pop()
+                elif op == 0x31:
+                    del stack[marks.pop() :]
+                elif op == 0x32:
+                    push(stack[-1])
+                else:  # NEWOBJ_EX cls args kwargs
+                    kwargs = stack.pop()
+                    args = stack.pop()
+                    stack[-1] = max(args, kwargs)
+                pos += 1
+            elif c == _GLOBAL:  # c GLOBAL "module\nname\n"
                 end = data.find(b"\n", pos + 1, pos + 1 + _MAX_GLOBAL_LINE)
                 end = data.find(b"\n", end + 1, end + 1 + _MAX_GLOBAL_LINE) if end >= 0 else -1
                 if end < 0:
                     raise _bad(f"malformed GLOBAL at byte {pos}")
                 push(0)
                 pos = end + 1
-            elif op == 0x93:  # STACK_GLOBAL (module, name) -> global
-                stack.pop()
-                stack[-1] = 0
-                pos += 1
-            elif op == 0x4D:  # M BININT2
-                push(0)
-                pos += 3
-            elif op == 0x4A:  # J BININT
-                push(0)
-                pos += 5
-            elif op == 0x47:  # G BINFLOAT
-                push(0)
-                pos += 9
-            elif op == 0x8A:  # LONG1
+            elif c == _LONG1:
                 size = data[pos + 1]
                 if size > _MAX_LONG1_BYTES:
                     raise _bad(f"{size * 8}-bit integer at byte {pos}")
                 push(0)
                 pos += 2 + size
-            elif op == 0x8D or op == 0x8E:  # BINUNICODE8, BINBYTES8
-                pos += 9 + int.from_bytes(data[pos + 1 : pos + 9], "little")
-                if pos > n:
-                    raise _bad("string runs past the end")
-                push(0)
-            elif op == 0x81:  # NEWOBJ cls args
-                args = stack.pop()
-                stack[-1] = args
-                pos += 1
-            elif op == 0x92:  # NEWOBJ_EX cls args kwargs
-                kwargs = stack.pop()
-                args = stack.pop()
-                stack[-1] = max(args, kwargs)
-                pos += 1
-            elif op == 0x30:  # 0 POP (pops a MARK when nothing is above it, as CPython does)
-                if marks and len(stack) == marks[-1]:
-                    marks.pop()
+            elif c == _FRAMING:  # PROTO, FRAME (a length prefix; the opcodes inside follow as usual)
+                if op == 0x80:
+                    if data[pos + 1] > 5:
+                        raise _bad(f"unsupported pickle protocol {data[pos + 1]}")
+                    pos += 2
                 else:
-                    stack.pop()
-                pos += 1
-            elif op == 0x31:  # 1 POP_MARK
-                del stack[marks.pop() :]
-                pos += 1
-            elif op == 0x32:  # 2 DUP
-                push(stack[-1])
-                pos += 1
-            elif op == 0x80:  # PROTO
-                if data[pos + 1] > 5:
-                    raise _bad(f"unsupported pickle protocol {data[pos + 1]}")
-                pos += 2
-            elif op == 0x95:  # FRAME: a length prefix; the opcodes inside follow as usual
-                if pos + 9 + int.from_bytes(data[pos + 1 : pos + 9], "little") > n:
-                    raise _bad("frame runs past the end")
-                pos += 9
-            elif op == 0x2E:  # . STOP
+                    if pos + 9 + int.from_bytes(data[pos + 1 : pos + 9], "little") > n:
+                        raise _bad("frame runs past the end")
+                    pos += 9
+            elif c == _STOP:
                 if len(stack) - (marks[-1] if marks else 0) > MAX_PICKLE_MARK_ITEMS:
                     raise _too_many(len(stack), pos)
                 return pos
