@@ -357,3 +357,16 @@ def test_deep_json_config_is_invalid_file(tmp_path: Path) -> None:
 def test_container_of_a_directory(tmp_path: Path) -> None:
     with pytest.raises(InvalidFile, match="directory"):
         read_container(tmp_path)
+
+
+def test_shape_torch_cannot_represent(tmp_path: Path, cli) -> None:
+    """``[0, 2**63]`` is a legal safetensors shape (0 elements) but not a torch one: diff said "internal error"."""
+    blob = json.dumps({"w": {"dtype": "F32", "shape": [0, 2**63], "data_offsets": [0, 0]}}).encode()
+    a = tmp_path / "a.safetensors"
+    a.write_bytes(len(blob).to_bytes(8, "little") + blob)
+    blob = blob.replace(b"F32", b"F16")
+    b = tmp_path / "b.safetensors"
+    b.write_bytes(len(blob).to_bytes(8, "little") + blob)
+    assert cli("inspect", a).code == 0
+    res = cli("diff", a, b)
+    assert res.code == 5 and _one_error_line(res.stderr) and "64-bit" in res.stderr, res

@@ -74,6 +74,11 @@ def check_view(info: TensorInfo) -> None:
         raise InvalidFile(f"{info.file}: tensor {info.name!r}: {len(shape)} dimensions / {len(stride)} strides")
     if info.storage_offset < 0 or any(d < 0 for d in shape) or any(s < 0 for s in stride):
         raise InvalidFile(f"{info.file}: tensor {info.name!r}: negative size, stride or offset")
+    dense = 1  # torch computes strides and sizes in int64 (a legal safetensors [0, 2**63] is not)
+    for d in shape:
+        dense *= max(d, 1)
+    if dense > _INT64_MAX or max(stride, default=0) > _INT64_MAX or info.storage_offset > _INT64_MAX:
+        raise Unsupported(f"{info.file}: tensor {info.name!r}: shape {shape} does not fit torch's 64-bit sizes")
     numel = info.numel
     if numel == 0:
         return
@@ -86,6 +91,9 @@ def check_view(info: TensorInfo) -> None:
             f"{info.storage_numel * info.itemsize} (limit {MAX_VIEW_EXPANSION_BYTES} bytes of expansion)",
             "re-save it with .contiguous()",
         )
+
+
+_INT64_MAX = (1 << 63) - 1
 
 
 class TensorReader:
