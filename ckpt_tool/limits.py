@@ -92,5 +92,9 @@ MAX_LAYERS = 10_000
 #: ``regex`` engine's timeout, same results as ``re`` for every pattern that finishes.
 MAX_REGEX_MATCH_SECONDS = 0.05
 
+#: Time the slow (> 1 ms) matches of one user pattern may take together in one process: a pattern just
+#: under the per-match limit on each of 6,000 modules would otherwise still cost five minutes.
+MAX_REGEX_TOTAL_SECONDS = 1.0
+
 #: Length of a module name a user pattern is matched against (real names are < 200 characters).
 MAX_MODULE_NAME_CHARS = 4096

@@ -58,3 +58,17 @@ def test_peft_pattern_semantics() -> None:
     assert pattern_value(patterns, "model.layers.3.mlp.down_proj", 2) == 2
     assert targets_module(["q_proj", "v_proj"], "model.layers.0.self_attn.q_proj")
     assert not targets_module(".*q", "model.layers.0.self_attn.q_proj")
+
+
+def test_slow_pattern_budget(monkeypatch) -> None:
+    """A pattern just under the per-match limit is stopped by the per-pattern total."""
+    import pytest
+    from ckpt_tool_peft import detect
+
+    from ckpt_tool.errors import InvalidFile
+
+    monkeypatch.setattr(detect, "MAX_REGEX_TOTAL_SECONDS", 0.05)
+    monkeypatch.setattr(detect, "_REGEX_SPENT", {})
+    with pytest.raises(InvalidFile, match="in total"):
+        for i in range(1000):  # ~3 ms each: far from the 50 ms per-match limit
+            detect.user_regex_match("(a|a)+$", "a" * 13 + f"b{i}", full=False, field_="rank_pattern")
