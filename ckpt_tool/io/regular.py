@@ -41,7 +41,8 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
         InvalidFile: a directory, FIFO, socket, device, or (``follow_symlinks=False``) a symlink.
         EnvironmentFailure: permission denied and other OS refusals.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0)
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX only; Windows has no FIFOs to block on
+    flags = os.O_RDONLY | nonblock | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
@@ -61,7 +62,8 @@ def open_regular(path: str | os.PathLike[str], *, follow_symlinks: bool = True) 
                 f"{os.fsdecode(path)}: is {describe_kind(st.st_mode)}, not a regular file",
                 "point at a checkpoint file",
             )
-        os.set_blocking(fd, True)
+        if nonblock:
+            os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
