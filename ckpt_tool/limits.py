@@ -15,3 +15,93 @@ MAX_LORA_SCALE = 1e6
 #: LoRA rank r: no real weight matrix has more rows; a larger recorded r is damage (and would overflow
 #: a float square root with rsLoRA).
 MAX_LORA_RANK = 1 << 20
+
+# --- torch zip (``.pth`` / ``.bin`` / ``.pt``) ------------------------------------------------------
+
+#: Size of ``data.pkl``. torch.save writes ~115 bytes per tensor (~350 with Adam state): a 405B model's
+#: pickle is ~0.15 MB, a 6,000-tensor model with full optimizer state ~2 MB, so 16 MiB is 8x the
+#: largest we know of (~48,000 tensors with Adam state). A crafted pickle costs up to ~35 bytes of
+#: objects per input byte (an empty list per 2 bytes) and ~0.5 us per byte to pre-scan and replay,
+#: so the cap bounds the worst case near 600 MB and ~10 s.
+MAX_PICKLE_BYTES = 16 << 20
+
+#: Nesting depth of the unpickled structure (containers in containers). A state dict is 2-4 deep, a
+#: Lightning checkpoint with optimizer state and hyperparameters ~10. Deeper structures make CPython's
+#: C code recurse without a guard (hashing a 150,000-deep tuple key crashes the interpreter), so the
+#: opcode pre-scan refuses them before the pickle is replayed.
+MAX_PICKLE_DEPTH = 100
+
+#: Items between a MARK and the opcode that collects them (one tuple, or one batch of list/dict items).
+#: Python's pickler writes list and dict items in batches of 1,000; tuples are shapes and arguments.
+#: Checked by the pre-scan, so the C unpickler never builds the stack for a 30-million-item MARK.
+MAX_PICKLE_MARK_ITEMS = 1 << 20
+
+#: Entries in the zip's central directory. One per storage plus ~7 records: a 6,000-tensor model with
+#: Adam state has ~18,000. zipfile builds an object (~400 bytes) per entry before anything is checked.
+MAX_ZIP_MEMBERS = 1 << 18
+
+#: Dimensions of one tensor (torch itself refuses more than 64 in most kernels; real weights have 1-5).
+#: Bounds the cost of shape arithmetic on a hostile ``torch.Size`` with millions of entries.
+MAX_TENSOR_DIMS = 64
+
+#: Bytes by which a tensor view may exceed its storage. Views with stride 0 or overlapping strides
+#: (``expand()``) are legal in torch and cost nothing on disk, but every consumer that copies them
+#: (merge, diff, convert) materialises the logical size: a 60000x60000 stride-0 view of one float is
+#: 14 GB. Real checkpoints address at most their storage (HF's ``position_ids`` is an expanded arange
+#: of the same size), so 64 MiB of expansion is generous.
+MAX_VIEW_EXPANSION_BYTES = 64 << 20
+
+# --- safetensors ----------------------------------------------------------------------------------
+
+#: Bytes of JSON header. The reference reader allows 100 MB; a 405B shard header is ~100 KB and the
+#: largest single-file headers seen (100k+ tensors) ~10 MB. Python's JSON parser costs ~10x the text
+#: in memory, so 16 MiB bounds a header parse at ~200 MB.
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+
+#: Tensors declared in one safetensors header (DeepSeek-V3 has ~91,000 across 163 shards).
+MAX_SAFETENSORS_TENSORS = 1 << 18
+
+# --- side files (configs, indexes, model cards) ---------------------------------------------------
+
+#: JSON configs (``config.json``, ``adapter_config.json``, ``lit_config.json``): a few KB.
+MAX_CONFIG_BYTES = 16 << 20
+
+#: Shard index (``model.safetensors.index.json``): the index of a 1T-parameter model is a few MB.
+MAX_INDEX_BYTES = 256 << 20
+
+#: LitGPT YAML files (``model_config.yaml``, ``hyperparameters.yaml``, ``prompt_style.yaml``) are 1-3 KB.
+#: PyYAML parses pure Python at ~1 MB/s, so the JSON cap would allow a 16 s parse.
+MAX_YAML_BYTES = 1 << 20
+
+#: YAML nodes (scalars, sequences, mappings) in one LitGPT YAML file (real ones have < 200). Anchors
+#: and aliases are refused outright: LitGPT never writes them, and aliases are how a 1 KB file
+#: expands into a billion-node structure ("billion laughs").
+MAX_YAML_NODES = 100_000
+
+#: A side file copied next to written weights (tokenizer.json, configs, chat templates): the largest
+#: real tokenizer.json files are ~35 MB.
+MAX_SIDE_FILE_BYTES = 1 << 30
+
+#: How much of a ``README.md`` is read to recognise a PEFT model card (``library_name: peft``).
+MAX_MODEL_CARD_PROBE_BYTES = 4096
+
+# --- model geometry ---------------------------------------------------------------------------------
+
+#: Layers, heads, query groups in a model config. The largest real models have ~126-160 layers and
+#: 128 heads; per-layer lists (``sliding_window_indices``) are built from ``n_layer``, so ``1e9``
+#: would allocate gigabytes.
+MAX_LAYERS = 10_000
+
+# --- user regular expressions (PEFT ``target_modules``, ``rank_pattern``, ``alpha_pattern``) ------
+
+#: Time one match of a user-supplied pattern against one module name may take. Real patterns match in
+#: microseconds; a catastrophic-backtracking pattern (``(a+)+$``) takes years. Evaluated with the
+#: ``regex`` engine's timeout, same results as ``re`` for every pattern that finishes.
+MAX_REGEX_MATCH_SECONDS = 0.05
+
+#: Time the slow (> 1 ms) matches of one user pattern may take together in one process: a pattern just
+#: under the per-match limit on each of 6,000 modules would otherwise still cost five minutes.
+MAX_REGEX_TOTAL_SECONDS = 1.0
+
+#: Length of a module name a user pattern is matched against (real names are < 200 characters).
+MAX_MODULE_NAME_CHARS = 4096

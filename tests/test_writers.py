@@ -9,6 +9,7 @@ import zipfile
 import pytest
 import torch
 
+from ckpt_tool.errors import UsageError
 from ckpt_tool.io.atomic import TEMP_PREFIX
 from ckpt_tool.io.container import read_container
 from ckpt_tool.io.tensors import dtype_name
@@ -189,7 +190,7 @@ def test_parse_size():
     assert parse_size("5GB") == 5 * 10**9
     assert parse_size("500MiB") == 500 * 2**20
     assert parse_size("1234") == 1234
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError):  # a bad option value: exit 2 (tests/test_reader_limits.py has the rest)
         parse_size("lots")
 
 

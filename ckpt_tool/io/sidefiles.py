@@ -14,23 +14,27 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import InvalidFile
+from ckpt_tool.errors import CkptError, InvalidFile
+from ckpt_tool.io.regular import read_regular
+from ckpt_tool.limits import MAX_CONFIG_BYTES, MAX_INDEX_BYTES
 
-MAX_CONFIG_BYTES = 16 << 20  # configs are a few KB
-MAX_INDEX_BYTES = 256 << 20  # the shard index of a 1T-parameter model is a few MB
+__all__ = ["MAX_CONFIG_BYTES", "MAX_INDEX_BYTES", "read_json", "read_text"]
 
 
 def read_text(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> str:
     """The UTF-8 text of ``path`` (``what`` names it in errors, e.g. "the model config")."""
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise InvalidFile(f"{path}: {size} bytes is implausibly large for {what}")
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidFile(f"{path}: {what} is not UTF-8 text ({exc.reason})") from None
+        data = read_regular(path, max_bytes, what)  # never a FIFO or /dev/zero: they would block or never end
+    except CkptError as exc:
+        if isinstance(exc, InvalidFile):
+            raise
+        raise InvalidFile(f"{path}: cannot read {what} ({exc.message})") from None
     except OSError as exc:
         raise InvalidFile(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidFile(f"{path}: {what} is not UTF-8 text ({exc.reason})") from None
 
 
 def read_json(path: Path, what: str, max_bytes: int = MAX_CONFIG_BYTES) -> Any:

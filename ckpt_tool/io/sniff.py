@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import struct
 
-from ckpt_tool.errors import InvalidFile, NotFound
+from ckpt_tool.errors import InvalidFile
+from ckpt_tool.io.regular import open_regular
 
 SAFETENSORS = "safetensors"
 TORCH_ZIP = "torch"
@@ -24,15 +25,8 @@ _LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
 def sniff(path: str | os.PathLike[str]) -> str:
     """Return the container kind of ``path`` from its first bytes."""
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except FileNotFoundError:
-        raise NotFound(f"{path}: no such file", "check the path") from None
-    except IsADirectoryError:
-        raise InvalidFile(f"{path}: is a directory") from None
-    except PermissionError:
-        raise NotFound(f"{path}: permission denied", "check the file's permissions") from None
+    with open_regular(path) as fh:  # a FIFO or device would block or never end
+        head = fh.read(16)
     if not head:
         raise InvalidFile(f"{path}: empty file (0 bytes)", "the save was interrupted; re-save or delete it")
     if head.startswith(b"PK\x03\x04"):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import InvalidFile, Unsupported
 from ckpt_tool.io.torchzip import TORCH_DTYPES
+from ckpt_tool.limits import MAX_TENSOR_DIMS, MAX_VIEW_EXPANSION_BYTES
 from ckpt_tool.model import DTYPE_NAMES, TensorInfo
 
 if TYPE_CHECKING:
@@ -55,6 +56,44 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def is_float(name: str) -> bool:
     return name in ("F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2")
+
+
+def check_view(info: TensorInfo) -> None:
+    """Refuse a view that reads outside its storage, or that is far larger than it (stride 0).
+
+    The readers already guarantee this for what they return; it is checked again here because a
+    ``TensorInfo`` can be built by any plugin, and ``as_strided`` outside the storage would read
+    other tensors' bytes (or fault) without a word.
+
+    Raises:
+        InvalidFile: naming the tensor.
+    """
+    shape = tuple(info.shape)
+    stride = info.stride if info.stride is not None else contiguous_stride(shape)
+    if len(shape) > MAX_TENSOR_DIMS or len(stride) != len(shape):
+        raise InvalidFile(f"{info.file}: tensor {info.name!r}: {len(shape)} dimensions / {len(stride)} strides")
+    if info.storage_offset < 0 or any(d < 0 for d in shape) or any(s < 0 for s in stride):
+        raise InvalidFile(f"{info.file}: tensor {info.name!r}: negative size, stride or offset")
+    dense = 1  # torch computes strides and sizes in int64 (a legal safetensors [0, 2**63] is not)
+    for d in shape:
+        dense *= max(d, 1)
+    if dense > _INT64_MAX or max(stride, default=0) > _INT64_MAX or info.storage_offset > _INT64_MAX:
+        raise Unsupported(f"{info.file}: tensor {info.name!r}: shape {shape} does not fit torch's 64-bit sizes")
+    numel = info.numel
+    if numel == 0:
+        return
+    extent = info.storage_offset + 1 + sum((d - 1) * s for d, s in zip(shape, stride))
+    if extent > info.storage_numel:
+        raise InvalidFile(f"{info.file}: tensor {info.name!r} reaches past the end of its storage")
+    if (numel - info.storage_numel) * info.itemsize > MAX_VIEW_EXPANSION_BYTES:
+        raise InvalidFile(
+            f"{info.file}: tensor {info.name!r} is a view of {numel * info.itemsize} bytes over a storage of "
+            f"{info.storage_numel * info.itemsize} (limit {MAX_VIEW_EXPANSION_BYTES} bytes of expansion)",
+            "re-save it with .contiguous()",
+        )
+
+
+_INT64_MAX = (1 << 63) - 1
 
 
 class TensorReader:
@@ -104,6 +143,7 @@ class TensorReader:
         import torch
 
         dtype = torch_dtype(info.dtype)
+        check_view(info)
         raw = self.raw(info)
         if info.storage_numel == 0 or info.numel == 0:
             return torch.empty(info.shape, dtype=dtype)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ckpt_tool.errors import UsageError
 from ckpt_tool.io.atomic import atomic_write
 from ckpt_tool.model import DTYPE_SIZES
 
@@ -450,28 +451,37 @@ def open_torch(
 
 
 def parse_size(text: str) -> int:
-    """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``"1234"`` -> 1234, ``"0"`` -> 0 (HF conventions).
+    """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``"1234"`` -> 1234, ``"0"`` -> 0 (HF conventions;
+    0 means "no limit": one file).
 
-    Raises ``ValueError`` for anything that is not a finite, non-negative size below 1 PB
-    (``inf``, ``nan``, ``1e400``, ``-5GB``).
+    Exact decimal arithmetic (``"1.1GB"`` is 1_100_000_000, not a float's rounding of it); ``inf``,
+    ``nan``, ``1e400`` and sizes beyond 2**63 bytes are refused as bad option values.
+
+    Raises:
+        UsageError: not a non-negative finite size (exit 2).
     """
-    import math
+    from decimal import Decimal, InvalidOperation
 
     units = {
         "": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
         "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
     }
-    bad = ValueError(f"not a size: {text!r} (use e.g. 5GB, 500MB, 2GiB)")
+    bad = UsageError(f"not a size: {text!r}", "use e.g. 5GB, 500MB, 2GiB")
     s = str(text).strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
     unit = s[len(num) :]
-    try:
-        value = float(num)
-    except ValueError:
-        raise bad from None
-    if unit not in units or not math.isfinite(value) or value < 0 or value * units[unit] >= 10**15:
+    if unit not in units or not num or len(num) > 40:
         raise bad
-    return int(value * units[unit])
+    try:
+        value = Decimal(num)
+    except (InvalidOperation, ValueError):
+        raise bad from None
+    if not value.is_finite() or value < 0 or value.adjusted() > 30:
+        raise bad
+    size = int(value * units[unit])
+    if not 0 <= size < 2**63 or (size == 0 and value != 0):
+        raise bad
+    return size
 
 
 def plan_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:

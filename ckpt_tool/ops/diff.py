@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,15 +103,32 @@ class DiffResult:
         }
 
 
+def _chunks(t: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``t`` in row-major order as flat pieces of at most ``CHUNK_ELEMS`` elements.
+
+    Split along the leading dimensions only, so two tensors of the same shape give pieces of the same
+    sizes whatever their strides, and a non-contiguous view (a transpose, a slice) is copied one piece
+    at a time instead of materialised whole.
+    """
+    if t.numel() <= CHUNK_ELEMS or t.dim() == 0:
+        yield t.reshape(-1)
+        return
+    row = t.numel() // t.shape[0]
+    if row > CHUNK_ELEMS:
+        for i in range(t.shape[0]):
+            yield from _chunks(t[i])
+        return
+    step = max(1, CHUNK_ELEMS // row)
+    for i in range(0, t.shape[0], step):
+        yield t[i : i + step].reshape(-1)
+
+
 def _max_abs_diff(x: torch.Tensor, y: torch.Tensor) -> float:
     """max |x - y| in float64 (complex: modulus), in bounded chunks; NaN vs NaN counts as equal."""
     import torch
 
-    fx, fy = x.reshape(-1), y.reshape(-1)
     worst = 0.0
-    for start in range(0, fx.numel(), CHUNK_ELEMS):
-        cx = fx[start : start + CHUNK_ELEMS]
-        cy = fy[start : start + CHUNK_ELEMS]
+    for cx, cy in zip(_chunks(x), _chunks(y)):
         if cx.is_complex() or cy.is_complex():
             cx, cy = cx.to(torch.complex128), cy.to(torch.complex128)
         else:
@@ -178,11 +196,11 @@ def compare(a: str | os.PathLike[str], b: str | os.PathLike[str], atol: float | 
 
 
 def _tensor_bits_equal(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Equality of the bit patterns (so -0.0 != +0.0 and identical NaNs are equal)."""
+    """Equality of the bit patterns (so -0.0 != +0.0 and identical NaNs are equal), chunk by chunk."""
     import torch
 
     def raw(t: torch.Tensor) -> torch.Tensor:
-        t = t.contiguous().reshape(-1)
+        t = t.contiguous()
         return t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
-    return torch.equal(raw(x), raw(y))
+    return all(torch.equal(raw(cx), raw(cy)) for cx, cy in zip(_chunks(x), _chunks(y)))

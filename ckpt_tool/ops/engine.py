@@ -312,11 +312,16 @@ def _write_side(stack: contextlib.ExitStack, dst: Path, side: SideFile) -> None:
     if side.data is not None:
         fh.write(side.data)
     elif side.src is not None:
-        from ckpt_tool.io.sidefiles import MAX_CONFIG_BYTES
+        from ckpt_tool.io.regular import open_regular
+        from ckpt_tool.limits import MAX_SIDE_FILE_BYTES
 
-        with open(side.src, "rb") as fin:
-            if os.fstat(fin.fileno()).st_size > 64 * MAX_CONFIG_BYTES:
-                raise Refused(f"{side.src}: too large to copy as a side file")
+        with open_regular(side.src) as fin:  # never a FIFO or /dev/zero where a tokenizer file should be
+            if os.fstat(fin.fileno()).st_size > MAX_SIDE_FILE_BYTES:
+                raise Refused(
+                    f"{side.src}: {os.fstat(fin.fileno()).st_size} bytes is too large for a side file "
+                    f"(limit {MAX_SIDE_FILE_BYTES})",
+                    "remove it from the source directory or copy it by hand",
+                )
             shutil.copyfileobj(fin, fh, 1 << 20)
 
 

@@ -13,11 +13,41 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import InvalidFile
+from ckpt_tool.io.regular import is_regular
 from ckpt_tool.io.sidefiles import read_json, read_text
+from ckpt_tool.limits import MAX_LAYERS, MAX_YAML_BYTES, MAX_YAML_NODES
 
 HYPERPARAMETERS = "hyperparameters.yaml"
 MODEL_CONFIG = "model_config.yaml"
 LEGACY_CONFIG = "lit_config.json"  # before 2024-03-12 (formats.md §2.2)
+
+
+class _Refused(Exception):
+    """Raised inside the YAML composer; turned into InvalidFile with the file name."""
+
+
+def _loader(text: str) -> Any:
+    """A ``SafeLoader`` that refuses aliases and counts nodes while composing.
+
+    PyYAML's safe loader resolves an alias to the *same* object, so "billion laughs" costs little
+    memory at load time, but every consumer that walks the result (``json.dumps``, comparisons, a
+    copy into a migrated config) pays the exponential expansion. LitGPT never writes anchors.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        nodes = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise _Refused(f"YAML alias *{event.anchor} at line {event.start_mark.line + 1}")
+            Loader.nodes += 1
+            if Loader.nodes > MAX_YAML_NODES:
+                raise _Refused(f"more than {MAX_YAML_NODES} YAML nodes")
+            return super().compose_node(parent, index)
+
+    return Loader(text)
 
 def _mapping(path: Path, data: Any) -> dict[str, Any]:
     if not isinstance(data, dict):
@@ -39,9 +69,15 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """
     import yaml  # only when a YAML file is actually read (keeps inspect of a bare .pth lean)
 
-    text = read_text(path, "a LitGPT config")
+    text = read_text(path, "a LitGPT config", MAX_YAML_BYTES)
+    loader = _loader(text)
     try:
-        data = yaml.safe_load(text)
+        data = loader.get_single_data()
+    except _Refused as exc:
+        raise InvalidFile(
+            f"{path}: refusing {exc} (limit: plain YAML without anchors/aliases, {MAX_YAML_NODES} nodes)",
+            "LitGPT writes plain YAML; a file with aliases can expand exponentially",
+        ) from None
     except yaml.constructor.ConstructorError as exc:
         tag = getattr(exc, "problem", "") or str(exc)
         raise InvalidFile(
@@ -55,6 +91,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise InvalidFile(f"{path}: invalid YAML{where} ({problem})", "fix or restore the file") from None
     except RecursionError:
         raise InvalidFile(f"{path}: YAML nests too deeply") from None
+    finally:
+        loader.dispose()
     return _mapping(path, data)
 
 
@@ -66,18 +104,31 @@ def read_json_mapping(path: Path) -> dict[str, Any]:
 def read_hyperparameters(directory: Path) -> dict[str, Any] | None:
     """``hyperparameters.yaml`` of a checkpoint folder (the recorded command line), or None."""
     p = directory / HYPERPARAMETERS
-    return read_yaml_mapping(p) if p.is_file() else None
+    return read_yaml_mapping(p) if is_regular(p) else None
 
 
 def read_model_config(directory: Path) -> tuple[dict[str, Any] | None, str | None]:
     """The model config and the file it came from: ``model_config.yaml``, else legacy ``lit_config.json``."""
     p = directory / MODEL_CONFIG
-    if p.is_file():
+    if is_regular(p):
         return read_yaml_mapping(p), MODEL_CONFIG
     p = directory / LEGACY_CONFIG
-    if p.is_file():
+    if is_regular(p):
         return read_json_mapping(p), LEGACY_CONFIG
     return None, None
+
+
+def layer_count(value: Any, what: str = "n_layer") -> int:
+    """A layer/head count from a config, bounded (``n_layer: 1e9`` would build gigabyte lists).
+
+    Raises:
+        ValueError: not a positive integer, or above ``MAX_LAYERS``.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{what} must be a positive integer, not {value!r:.40}")
+    if value > MAX_LAYERS:
+        raise ValueError(f"{what}={value} is implausible (limit {MAX_LAYERS})")
+    return value
 
 
 def positive_int(value: Any) -> int | None:

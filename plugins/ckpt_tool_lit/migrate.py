@@ -27,6 +27,7 @@ from ckpt_tool_lit.config import (
     HYPERPARAMETERS,
     LEGACY_CONFIG,
     MODEL_CONFIG,
+    layer_count,
     read_json_mapping,
     read_yaml_mapping,
 )
@@ -609,9 +610,10 @@ def convert_config(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif key == "org":
             continue
         elif key == "sliding_window_layer_placing":
-            n_layer = old.get("n_layer")
-            if not isinstance(n_layer, int) or n_layer <= 0:
-                raise ValueError("sliding_window_layer_placing needs n_layer")
+            try:
+                n_layer = layer_count(old.get("n_layer"))  # bounded: the list below has n_layer entries
+            except ValueError as exc:
+                raise ValueError(f"sliding_window_layer_placing needs a plausible n_layer ({exc})") from None
             if value in (None, "all"):
                 indices = [1] * n_layer
             elif value == "interleaved":

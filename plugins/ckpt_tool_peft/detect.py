@@ -14,13 +14,21 @@ second and the CLI must stay instant); the tuner prefixes are copied from
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import InvalidFile
+from ckpt_tool.errors import CkptError, InvalidFile
+from ckpt_tool.io.regular import open_regular
 from ckpt_tool.io.sidefiles import read_json
-from ckpt_tool.limits import MAX_LORA_RANK
+from ckpt_tool.limits import (
+    MAX_LORA_RANK,
+    MAX_MODEL_CARD_PROBE_BYTES,
+    MAX_MODULE_NAME_CHARS,
+    MAX_REGEX_MATCH_SECONDS,
+    MAX_REGEX_TOTAL_SECONDS,
+)
 from ckpt_tool.model import AdapterInfo, CheckpointInfo, TensorInfo
 from ckpt_tool.ops.merge_plan import scale_problem
 
@@ -147,9 +155,9 @@ def _is_save_root(directory: Path) -> bool:
     if (directory / CONFIG_NAME).is_file():
         return True
     try:
-        with open(directory / "README.md", "rb") as fh:
-            head = fh.read(4096)
-    except OSError:
+        with open_regular(directory / "README.md") as fh:  # never a FIFO or device: it could block forever
+            head = fh.read(MAX_MODEL_CARD_PROBE_BYTES)
+    except (OSError, CkptError):
         return False
     return b"library_name: peft" in head
 
@@ -341,11 +349,61 @@ def _lora_summary_fields(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def pattern_key(patterns: dict[str, Any], module: str) -> str | None:
-    """PEFT's ``get_pattern_key``: the first pattern (dict order) matching the module name
-    (``module`` without the ``base_model.model.`` prefix)."""
+_REGEX_SPENT: dict[str, float] = {}  # seconds spent in slow matches of each user pattern in this process
+_SLOW_MATCH = 0.001  # real patterns match a module name in microseconds
+
+
+def user_regex_match(pattern: str, text: str, *, full: bool, field_: str) -> bool:
+    """``re.match`` / ``re.fullmatch`` of a user-supplied pattern, bounded in time.
+
+    PEFT evaluates ``target_modules`` / ``rank_pattern`` / ``alpha_pattern`` with ``re`` against every
+    module name; a catastrophic-backtracking pattern (``(a+)+$``) in a downloaded adapter_config.json
+    would hang inspect and merge. The ``regex`` engine (same syntax and results as ``re`` in its
+    default VERSION0 mode, which a test checks) stops after ``MAX_REGEX_MATCH_SECONDS`` per match and
+    ``MAX_REGEX_TOTAL_SECONDS`` over all matches of one pattern in this process. Patterns were
+    already checked to compile with ``re`` (parse_config), so only ``re``'s syntax is ever accepted.
+
+    Raises:
+        InvalidFile: the match takes too long, or the module name is absurdly long.
+    """
+    import regex  # only when a config actually uses patterns (import costs ~15 ms)
+
+    if len(text) > MAX_MODULE_NAME_CHARS:
+        raise InvalidFile(f"module name of {len(text)} characters (limit {MAX_MODULE_NAME_CHARS}): {text[:80]!r}...")
+    spent = _REGEX_SPENT.get(pattern, 0.0)
+    timeout = min(MAX_REGEX_MATCH_SECONDS, MAX_REGEX_TOTAL_SECONDS - spent)
+    start = time.perf_counter()
+    try:
+        if timeout <= 0:
+            raise TimeoutError
+        if full:
+            return regex.fullmatch(pattern, text, timeout=timeout) is not None
+        return regex.match(pattern, text, timeout=timeout) is not None
+    except TimeoutError:
+        if timeout < MAX_REGEX_MATCH_SECONDS:
+            raise InvalidFile(
+                f"the pattern {pattern!r:.100} in {field_} takes more than {MAX_REGEX_TOTAL_SECONDS:g} s in total "
+                "to match the module names",
+                "simplify the regular expression (it backtracks)",
+            ) from None
+        raise InvalidFile(
+            f"the pattern {pattern!r:.100} in {field_} takes more than {MAX_REGEX_MATCH_SECONDS * 1000:g} ms "
+            f"to match module {text!r:.100}",
+            "simplify the regular expression (it backtracks catastrophically)",
+        ) from None
+    except regex.error as exc:  # pragma: no cover - parse_config compiled it with re already
+        raise InvalidFile(f"the pattern {pattern!r:.100} in {field_} is not a valid regular expression ({exc})") from None
+    finally:
+        elapsed = time.perf_counter() - start
+        if elapsed > _SLOW_MATCH:  # only slow matches count, so a long-lived process never runs out
+            _REGEX_SPENT[pattern] = spent + elapsed
+
+
+def pattern_key(patterns: dict[str, Any], module: str, field_: str = "rank_pattern/alpha_pattern") -> str | None:
+    r"""PEFT's ``get_pattern_key``: the first pattern (dict order) matching the module name
+    (``module`` without the ``base_model.model.`` prefix), as ``re.match(rf"(.*\.)?({key})$", module)``."""
     for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module):
+        if user_regex_match(rf"(.*\.)?({key})$", module, full=False, field_=field_):
             return key
     return None
 
@@ -363,7 +421,7 @@ def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
 def targets_module(targets: Any, module: str) -> bool:
     """Whether PEFT's ``target_modules`` (list of suffixes or a full-match regex) selects ``module``."""
     if isinstance(targets, str):
-        return re.fullmatch(targets, module) is not None
+        return user_regex_match(targets, module, full=True, field_="target_modules")
     if isinstance(targets, list):
         return any(module == t or module.endswith("." + t) for t in targets)
     return False
