@@ -52,6 +52,14 @@ DTYPE_NAMES: dict[str, str] = {
 }
 
 
+def tensor_nbytes(dtype: str, shape: tuple[int, ...]) -> int:
+    """Bytes of a dense tensor of ``dtype`` (safetensors name) and ``shape``."""
+    n = DTYPE_SIZES[dtype]
+    for d in shape:
+        n *= d
+    return n
+
+
 @dataclass
 class TensorInfo:
     """Where one tensor lives and what it looks like.

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ckpt_tool.errors import UsageError
 from ckpt_tool.io.atomic import atomic_write
-from ckpt_tool.model import DTYPE_SIZES
+from ckpt_tool.model import DTYPE_SIZES, tensor_nbytes
 
 if TYPE_CHECKING:
     import torch
@@ -57,10 +57,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.dtype]
-        for d in self.shape:
-            n *= d
-        return n
+        return tensor_nbytes(self.dtype, self.shape)
 
 
 class WriteError(RuntimeError):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import Unsupported
-from ckpt_tool.model import DTYPE_SIZES
+from ckpt_tool.model import tensor_nbytes
 
 if TYPE_CHECKING:
     import torch
@@ -65,10 +65,7 @@ class Out:
 
     @property
     def nbytes(self) -> int:
-        n = DTYPE_SIZES[self.dtype]
-        for d in self.shape:
-            n *= d
-        return n
+        return tensor_nbytes(self.dtype, self.shape)
 
 
 @dataclass(frozen=True)
