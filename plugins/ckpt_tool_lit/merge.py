@@ -30,6 +30,7 @@ from ckpt_tool.io.container import read_container
 from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan
 from ckpt_tool_lit.config import qkv_sizes
+from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.keys import lora_modules, module_kind
 
 if TYPE_CHECKING:
@@ -280,7 +281,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
                 )
                 continue
             if sizes is None:
-                problems.add(f"{m}: the q/k/v sizes are unknown (no model_config.yaml with n_head/n_embd)")
+                problems.add(f"{m}: the q/k/v sizes are unknown ({Geometry.problem(config)})")
                 continue
             q, k, v = sizes
             if w.shape[0] != q + k + v:
@@ -307,7 +308,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         if w.dtype not in FLOAT_DTYPES:
             problems.add(f"{w_name}: dtype {w.dtype} cannot take a LoRA delta")
         if kind == "qkv" and sizes is not None:
-            changes[w_name] = _qkv_change(a_name, b_name, lora_dtype, scaling, enable, sizes, config)
+            changes[w_name] = _qkv_change(a_name, b_name, lora_dtype, scaling, enable, config)
         else:
             changes[w_name] = _linear_change(a_name, b_name, lora_dtype, scaling)
         merged.append(m)
@@ -430,13 +431,12 @@ def _qkv_change(
     lora_dtype: str,
     scaling: float,
     enable: tuple[bool, bool, bool],
-    sizes: tuple[int, int, int],
     config: dict[str, Any] | None,
 ) -> Any:
     """``LoRAQKVLinear.get_lora_AB`` + ``merge``: conv1d per group, zero_pad via index_copy_, add."""
-    q, k, v = sizes
-    n_head = int((config or {}).get("n_head") or 0)
-    n_groups = int((config or {}).get("n_query_groups") or n_head)
+    geo = Geometry.from_config(config)
+    q, k, v = geo.qkv_sizes
+    n_head, n_groups = geo.n_head, geo.n_query_groups
     qkv_shapes = [s for s, e in zip((q, k, v), enable) if e]
     n_enabled = sum(enable)
 
