@@ -30,7 +30,7 @@ from ckpt_tool.io.tensors import dtype_name
 from ckpt_tool.model import TensorInfo
 from ckpt_tool.ops.transform import evaluate
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("quick_torch")]
 
 
 def resolve_lit(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -53,20 +53,6 @@ LIT_CASES = [
     ("falcon-40b", "falcon-40b", {"n_embd": 64, "n_head": 8, "n_query_groups": 2}, "falcon"),
     ("falcon-180B", "falcon-180B", {"n_embd": 64, "n_head": 8, "n_query_groups": 4}, "falcon"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast():
-    """Tiny matrices: one thread (two threads on a busy 2-core box cost 30 ms per matmul), and LitGPT's
-    converters' ``gc.collect()`` (0.6 s each with torch and transformers loaded) made a no-op."""
-    import gc
-
-    threads, collect = torch.get_num_threads(), gc.collect
-    torch.set_num_threads(1)
-    gc.collect = lambda *a: 0
-    yield
-    gc.collect = collect
-    torch.set_num_threads(threads)
 
 
 def infos(sd: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:

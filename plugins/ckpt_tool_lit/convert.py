@@ -21,6 +21,7 @@ from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.transform import HUB, HubResult, HubView, SideFile
 from ckpt_tool_lit.config import MODEL_CONFIG
 from ckpt_tool_lit.hub import family_for_hf, family_for_lit
+from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, LORA
 
 FORMAT = "lit"
 OUT = "out"
@@ -47,9 +48,7 @@ def to_hub(source: CheckpointInfo, options: Any) -> HubView | None:
     if source.format != FORMAT:
         return None
     if source.kind != "model":
-        from ckpt_tool_lit.lora_hub import lora_to_hub
-
-        return lora_to_hub(source, options)
+        return _adapter_to_hub(source, options)
     if source.training_state:
         raise Unsupported(
             f"{source.path}: a training state (weights + optimizer); converting it would drop the optimizer",
@@ -68,6 +67,32 @@ def to_hub(source: CheckpointInfo, options: Any) -> HubView | None:
     steps = fam.to_hf_steps(cfg, tensors, SRC, HUB, tie=options.tie, base=base)
     config = fam.hf_config(cfg, tie=options.tie, base=base, dtype=_config_dtype(steps, options))
     return HubView("model", steps, config, travelling_files(directory), extra={"family": fam.name})
+
+
+def _adapter_to_hub(source: CheckpointInfo, options: Any) -> HubView:
+    """LitGPT LoRA → PEFT naming (``lora_hub``); LitGPT's other adapters have no Hugging Face form."""
+    import importlib.util
+
+    kind = source.adapter_type or source.kind
+    if kind == ADAPTER:
+        raise Unsupported(
+            f"{source.path}: a LitGPT adapter (v1: prefix tokens and gates per layer) has no Hugging Face form "
+            "and cannot be folded into plain weights",
+            "convert the base model instead; the adapter runs only in LitGPT",
+        )
+    if kind == ADAPTER_V2:
+        raise Unsupported(
+            f"{source.path}: a LitGPT adapter v2 has no Hugging Face form",
+            "merge it into its base first (`litgpt merge_adapter`), then convert the merged model",
+        )
+    if kind != LORA or importlib.util.find_spec("ckpt_tool_lit.lora_hub") is None:
+        raise Unsupported(
+            f"{source.path}: converting a LitGPT {kind} to other conventions is not supported by this build",
+            "merge the adapter into its base (`ckpt-tool merge`), then convert the merged model",
+        )
+    from ckpt_tool_lit.lora_hub import lora_to_hub
+
+    return lora_to_hub(source, options)
 
 
 def _config_dtype(steps: list[Any], options: Any) -> str | None:
@@ -98,6 +123,13 @@ def from_hub(view: HubView, layout: str, options: Any) -> HubResult | None:
     if layout != FORMAT:
         return None
     if view.kind != "model":
+        import importlib.util
+
+        if importlib.util.find_spec("ckpt_tool_lit.lora_hub") is None:
+            raise Unsupported(
+                "converting an adapter to a LitGPT LoRA is not supported by this build",
+                "merge the adapter into its base, then convert the merged model",
+            )
         from ckpt_tool_lit.lora_hub import lora_from_hub
 
         return lora_from_hub(view, options)

@@ -88,17 +88,22 @@ class Falcon(HubFamily):
     def layout(self, c: LitModel, v: Variant) -> Layout:
         """The same prefix on both sides; biases when ``bias``; one LayerNorm ("7b") or two ("40b")."""
         kinds = ("weight", "bias") if c["bias"] else ("weight",)
-        norms = (("norm_1", "input_layernorm"),) if c["shared_attention_norm"] else (("norm_1", "ln_attn"), ("norm_2", "ln_mlp"))
-        layer: list[T] = []
-        for k in kinds:
-            w = k == "weight"
-            layer += [
-                T(f"attn.qkv.{k}", f"self_attention.query_key_value.{k}", "qkv" if w else "qkv_bias", regroup=True),
-                T(f"attn.proj.{k}", f"self_attention.dense.{k}", "o" if w else "embd"),
-                T(f"mlp.fc.{k}", f"mlp.dense_h_to_4h.{k}", "up" if w else "up_bias"),
-                T(f"mlp.proj.{k}", f"mlp.dense_4h_to_h.{k}", "down" if w else "embd"),
-            ]
-        layer += [T(f"{a}.{k}", f"{b}.{k}", "embd") for a, b in norms for k in ("weight", "bias")]
+        norm_1, norm_2 = ("input_layernorm", None) if c["shared_attention_norm"] else ("ln_attn", "ln_mlp")
+
+        def norm(lit: str, hf: str | None) -> list[T]:
+            return [T(f"{lit}.{k}", f"{hf}.{k}", "embd") for k in ("weight", "bias")] if hf else []
+
+        def linear(lit: str, hf: str, weight: str, bias: str, regroup: bool = False) -> list[T]:
+            return [T(f"{lit}.{k}", f"{hf}.{k}", weight if k == "weight" else bias, regroup) for k in kinds]
+
+        layer = [  # LitGPT's module order
+            *norm("norm_1", norm_1),
+            *linear("attn.qkv", "self_attention.query_key_value", "qkv", "qkv_bias", regroup=True),
+            *linear("attn.proj", "self_attention.dense", "o", "embd"),
+            *norm("norm_2", norm_2),
+            *linear("mlp.fc", "mlp.dense_h_to_4h", "up", "up_bias"),
+            *linear("mlp.proj", "mlp.dense_4h_to_h", "down", "embd"),
+        ]
         return Layout(
             tuple(layer),
             hf_layer="transformer.h.",

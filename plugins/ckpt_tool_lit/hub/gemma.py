@@ -24,7 +24,7 @@ from typing import Any
 from ckpt_tool.errors import Unsupported
 from ckpt_tool_lit.hub.config_json import read_rope
 from ckpt_tool_lit.hub.family import HubFamily, Variant
-from ckpt_tool_lit.hub.llama import DENSE, RULES, _gemma_like, lit_llama, llama_json
+from ckpt_tool_lit.hub.llama import DENSE, QK_NORM, RULES, _gemma_like, lit_llama, llama_json
 from ckpt_tool_lit.hub.model_config import ANY, LitModel, cfg_route, lit_name, same_route
 from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 
@@ -41,10 +41,7 @@ GEMMA2 = Layout(
         T("post_mlp_norm.weight", "post_feedforward_layernorm.weight", "embd"),
     )
 )
-GEMMA3 = Layout(
-    GEMMA2.layer
-    + (T("attn.norm_q.weight", "self_attn.q_norm.weight", "head"), T("attn.norm_k.weight", "self_attn.k_norm.weight", "head"))
-)
+GEMMA3 = Layout(GEMMA2.layer[:3] + QK_NORM + GEMMA2.layer[3:])
 
 VARIANTS = {
     "gemma": Variant("gemma", "GemmaForCausalLM", DENSE, tied=True),

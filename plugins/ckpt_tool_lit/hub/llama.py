@@ -34,6 +34,11 @@ MLP = (
     T("mlp.fc_2.weight", "mlp.up_proj.weight", "up"),
     T("mlp.proj.weight", "mlp.down_proj.weight", "down"),
 )
+#: Per-head q/k RMSNorms (Gemma-3, Qwen3), in LitGPT's order right after the attention projections.
+QK_NORM = (
+    T("attn.norm_q.weight", "self_attn.q_norm.weight", "head"),
+    T("attn.norm_k.weight", "self_attn.k_norm.weight", "head"),
+)
 DENSE = Layout(LAYER + MLP)
 MIXTRAL = Layout(
     LAYER + (T("mlp.gate.weight", "block_sparse_moe.gate.weight", "router"),),

@@ -49,8 +49,8 @@ PHI = Layout(
     top=(
         T("transformer.ln_f.weight", "model.final_layernorm.weight", "embd"),
         T("transformer.ln_f.bias", "model.final_layernorm.bias", "embd"),
-        T("lm_head.bias", "lm_head.bias", "vocab"),
     ),
+    head_bias=True,
 )
 PHI3 = Layout(
     (

@@ -15,18 +15,14 @@ from typing import Any
 from ckpt_tool.errors import Unsupported
 from ckpt_tool.limits import MAX_EXPERTS
 from ckpt_tool_lit.hub.family import HubFamily, Variant
-from ckpt_tool_lit.hub.llama import LAYER, MLP, RULES, lit_llama, llama_json
+from ckpt_tool_lit.hub.llama import LAYER, MLP, QK_NORM, RULES, lit_llama, llama_json
 from ckpt_tool_lit.hub.model_config import ANY, LitModel, lit_name, same_route
 from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 
-QK_NORM = (
-    T("attn.norm_q.weight", "self_attn.q_norm.weight", "head"),
-    T("attn.norm_k.weight", "self_attn.k_norm.weight", "head"),
-)
 QWEN2 = Layout(LAYER[:2] + (T("attn.qkv.bias", QKV, "qkv_bias"),) + LAYER[2:] + MLP)
-QWEN3 = Layout(LAYER + QK_NORM + MLP)
+QWEN3 = Layout(LAYER[:3] + QK_NORM + LAYER[3:] + MLP)
 QWEN3_MOE = Layout(
-    LAYER + QK_NORM + (T("mlp.gate.weight", "mlp.gate.weight", "router"),),
+    LAYER[:3] + QK_NORM + LAYER[3:] + (T("mlp.gate.weight", "mlp.gate.weight", "router"),),
     expert=(
         T("fc_1.weight", "gate_proj.weight", "eup"),
         T("fc_2.weight", "up_proj.weight", "eup"),

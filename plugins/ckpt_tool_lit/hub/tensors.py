@@ -66,6 +66,7 @@ class Layout:
     top: tuple[T, ...] = (T("transformer.ln_f.weight", "model.norm.weight", "embd"),)
     embed: str = "model.embed_tokens.weight"
     head: str = LM_HEAD
+    head_bias: bool = False  # ``lm_head.bias`` (Phi), the same name on both sides
     expert: tuple[T, ...] = ()
     expert_prefix: str = ""  # transformers, under the layer: "block_sparse_moe.experts." / "mlp.experts."
     #: transformers buffers of old saves (rotary ``inv_freq``, causal masks): consumed, written nowhere.
@@ -90,7 +91,7 @@ def shapes(c: LitModel) -> dict[str, Shape]:
         "embd": (e,), "head": (g.head_size,), "qkv": (g.qkv_rows, e), "qkv_bias": (g.qkv_rows,),
         "o": (e, g.n_head * g.head_size), "up": (c.intermediate, e), "up_bias": (c.intermediate,),
         "down": (e, c.intermediate), "router": (c.n_expert, e), "eup": (c.expert_intermediate, e),
-        "edown": (e, c.expert_intermediate), "vocab": (c.vocab,),
+        "edown": (e, c.expert_intermediate),
     }  # fmt: skip
 
 
@@ -127,6 +128,9 @@ def units(c: LitModel, layout: Layout, tied: bool, hf_names: Iterable[str] = (),
     lit_pair = ((LM_HEAD, emb), (WTE, emb))
     if not tied:
         yield Unit(((LM_HEAD, emb),), ((layout.head, emb),))
+    if layout.head_bias:
+        yield Unit((("lm_head.bias", (c.vocab,)),), (("lm_head.bias", (c.vocab,)),))
+    if not tied:
         yield Unit(((WTE, emb),), ((layout.embed, emb),))
     elif layout.head in set(hf_names):
         check = partial(_tied_to_lit, (layout.embed, layout.head))
