@@ -76,6 +76,14 @@ def run_measured(cmd: list[str], interval: float = 0.02, env: dict[str, str] | N
     return Measured(seconds, peak[0], proc.returncode, out, err)
 
 
+#: ``python -c COPY SRC DST``: the floor for any tool that writes a model: copy the file, fsync it.
+COPY = """
+import os, shutil, sys
+shutil.copyfile(sys.argv[1], sys.argv[2])
+fd = os.open(sys.argv[2], os.O_RDONLY); os.fsync(fd); os.close(fd)
+"""
+
+
 def warm(path: Path) -> None:
     """Read a file once so every contender starts with it in the page cache (no root needed)."""
     with open(path, "rb") as fh:

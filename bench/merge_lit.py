@@ -29,7 +29,7 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _util import gib, mib, run_measured, warm
+from _util import COPY, gib, mib, run_measured, warm
 
 WORK = Path(__file__).parent / "_work" / "merge_lit"
 FLAGS = ("query", "key", "value", "projection", "mlp", "head")
@@ -90,13 +90,6 @@ def build(n_layer: int, targets: tuple[str, ...] = FLAGS) -> tuple[Path, Path, i
     return base, final, sum(t.numel() * t.element_size() for t in base_sd.values())
 
 
-COPY = textwrap.dedent(
-    """
-    import os, shutil, sys
-    shutil.copyfile(sys.argv[1], sys.argv[2])
-    fd = os.open(sys.argv[2], os.O_RDONLY); os.fsync(fd); os.close(fd)
-    """
-)
 LITGPT = textwrap.dedent(
     """
     import contextlib, io, os, sys

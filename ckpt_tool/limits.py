@@ -91,6 +91,13 @@ MAX_MODEL_CARD_PROBE_BYTES = 4096
 #: 128 heads; per-layer lists (``sliding_window_indices``) are built from ``n_layer``, so ``1e9``
 #: would allocate gigabytes.
 MAX_LAYERS = 10_000
+#: Experts of a mixture-of-experts layer; sizes the tensor table before any tensor is looked at.
+MAX_EXPERTS = 1 << 12
+#: Any one dimension read from a config (hidden size, vocabulary, intermediate size, context length).
+MAX_DIM = 1 << 24
+#: Attention heads / query groups, and the size of one head.
+MAX_HEADS = 1 << 16
+MAX_HEAD_SIZE = 1 << 16
 
 # --- user regular expressions (PEFT ``target_modules``, ``rank_pattern``, ``alpha_pattern``) ------
 

@@ -41,3 +41,20 @@ def cli(capsys):
         return Result(code, out, err)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def quick_torch():
+    """For modules of tiny models: one torch thread (two on a busy 2-core box cost 30 ms per tiny matmul),
+    and LitGPT's converters' ``gc.collect()`` (0.6 s each with torch and transformers loaded) a no-op.
+    Use with ``pytest.mark.usefixtures("quick_torch")``; both are restored after the module."""
+    import gc
+
+    import torch
+
+    threads, collect = torch.get_num_threads(), gc.collect
+    torch.set_num_threads(1)
+    gc.collect = lambda *a: 0
+    yield
+    gc.collect = collect
+    torch.set_num_threads(threads)

@@ -523,7 +523,7 @@ def test_old_inv_freq_buffers_are_consumed_explicitly():
 
 
 def test_litgpt_config_defaults_are_pinned():
-    from ckpt_tool_lit.hub.common import LIT_DEFAULTS
+    from ckpt_tool_lit.hub.model_config import LIT_DEFAULTS
     from litgpt import Config
 
     fields = {

@@ -23,14 +23,19 @@ from typing import Any
 import pytest
 import torch
 from ckpt_tool_lit.hub import family_for_hf, family_for_lit
-from ckpt_tool_lit.hub._fused import resolve_lit
+from ckpt_tool_lit.hub.model_config import LitModel
 
 from ckpt_tool.errors import CkptError, InvalidFile, Refused, Unsupported
 from ckpt_tool.io.tensors import dtype_name
 from ckpt_tool.model import TensorInfo
 from ckpt_tool.ops.transform import evaluate
 
-pytestmark = pytest.mark.interop
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("quick_torch")]
+
+
+def resolve_lit(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A LitGPT config resolved as ``Config.__post_init__`` does (with ``rope_n_elem``)."""
+    return LitModel(cfg).v
 
 TINY = {"n_layer": 2, "block_size": 64, "vocab_size": 100, "padded_vocab_size": 128}
 # (case id, LitGPT registry name, tiny overrides, family name)
@@ -48,20 +53,6 @@ LIT_CASES = [
     ("falcon-40b", "falcon-40b", {"n_embd": 64, "n_head": 8, "n_query_groups": 2}, "falcon"),
     ("falcon-180B", "falcon-180B", {"n_embd": 64, "n_head": 8, "n_query_groups": 4}, "falcon"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast():
-    """Tiny matrices: one thread (two threads on a busy 2-core box cost 30 ms per matmul), and LitGPT's
-    converters' ``gc.collect()`` (0.6 s each with torch and transformers loaded) made a no-op."""
-    import gc
-
-    threads, collect = torch.get_num_threads(), gc.collect
-    torch.set_num_threads(1)
-    gc.collect = lambda *a: 0
-    yield
-    gc.collect = collect
-    torch.set_num_threads(threads)
 
 
 def infos(sd: dict[str, torch.Tensor]) -> dict[str, TensorInfo]:
@@ -348,10 +339,10 @@ def _to_hf(cfg: dict[str, Any], sd: dict[str, torch.Tensor]) -> dict[str, torch.
 
 def test_geometry_that_disagrees_with_the_tensors_is_refused():
     cfg, sd = _lit("falcon-40b")
-    with pytest.raises(InvalidFile, match=r"transformer\.h\.0\.attn\.qkv\.weight has shape \(96, 64\), the config gives \(128, 64\)"):
+    with pytest.raises(InvalidFile, match=r"transformer\.h\.0\.attn\.qkv\.weight: shape \[96, 64\], the config gives \[128, 64\]"):
         _to_hf({**cfg, "n_query_groups": 4}, sd)
     cfg, sd = _lit("phi-3")
-    with pytest.raises(InvalidFile, match=r"mlp\.fc_1\.weight has shape"):
+    with pytest.raises(InvalidFile, match=r"mlp\.fc_1\.weight: shape"):
         _to_hf({**cfg, "intermediate_size": 128}, sd)
     cfg, sd = _lit("pythia")
     with pytest.raises(InvalidFile, match="1000 layers but the checkpoint holds only 28 tensors"):
@@ -363,7 +354,7 @@ def test_geometry_that_disagrees_with_the_tensors_is_refused():
 def test_missing_tensor_is_named():
     cfg, sd = _lit("pythia")
     del sd["transformer.h.1.mlp.proj.weight"]
-    with pytest.raises(InvalidFile, match=r"missing, e\.g\. transformer\.h\.1\.mlp\.proj\.weight"):
+    with pytest.raises(InvalidFile, match=r"1 missing: transformer\.h\.1\.mlp\.proj\.weight"):
         _to_hf(cfg, sd)
     cfg, sd = _lit("phi-2-gqa")
     fam, hf = family_for_lit(cfg), _to_hf(cfg, sd)
@@ -381,7 +372,7 @@ def test_unknown_tensor_is_named():
     assert "merge the adapter first" in exc.value.hint
     cfg, sd = _lit("falcon-7b")
     sd["transformer.h.0.attn.qkv.bias"] = torch.zeros(96)  # falcon-7b has no biases
-    with pytest.raises(Unsupported, match=r"no place in the converted model, e\.g\. transformer\.h\.0\.attn\.qkv\.bias"):
+    with pytest.raises(InvalidFile, match=r"1 not part of that model: transformer\.h\.0\.attn\.qkv\.bias"):
         _to_hf(cfg, sd)
 
 
@@ -567,3 +558,44 @@ def test_names_from_config_json_keep_litgpt_on_the_same_path():
     assert phi.lit_config({**p3, "_name_or_path": "microsoft/Phi-3-mini-4k-instruct"})["name"] == (
         "Phi-3-mini-4k-instruct"
     )
+
+
+# --- the one Family signature ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["pythia", "phi-2-gqa", "phi-3", "falcon-7b"])
+def test_original_config_json_gives_token_ids_tie_and_dtype(case):
+    """Every family takes ``tie`` / ``base`` / ``dtype``: token ids come from the original config.json (null,
+    not the class defaults, without it), its tie decides the head, the dtype is recorded both ways."""
+    cfg, sd = _lit(case)
+    fam = family_for_lit(cfg)
+    plain = fam.hf_config(cfg)
+    assert plain["bos_token_id"] is None and plain["eos_token_id"] is None and plain["pad_token_id"] is None
+    base = {"model_type": plain["model_type"], "bos_token_id": 7, "eos_token_id": [8, 9], "tie_word_embeddings": True}
+    hf = fam.hf_config(cfg, base=base, dtype="BF16")
+    assert (hf["bos_token_id"], hf["eos_token_id"], hf["pad_token_id"]) == (7, [8, 9], None)
+    assert hf["torch_dtype"] == hf["dtype"] == "bfloat16" and hf["tie_word_embeddings"] is True
+    tied = {**sd, "lm_head.weight": sd["transformer.wte.weight"]}
+    steps = fam.to_hf_steps(cfg, infos(tied), "in", "hub", base=base)
+    assert "lm_head.weight" not in run(steps, tied, "hub")
+    assert fam.hf_config(cfg, tie=False, base=base)["tie_word_embeddings"] is False
+    with pytest.raises(Refused, match="another model"):
+        fam.hf_config(cfg, base={**base, "hidden_size": 4096})
+
+
+def test_transformers_config_defaults_are_pinned():
+    import transformers as T
+    from ckpt_tool_lit.hub import falcon, neox, phi
+
+    classes = {"gpt_neox": T.GPTNeoXConfig, "phi": T.PhiConfig, "phi3": T.Phi3Config, "falcon": T.FalconConfig}
+    for module in (neox, phi, falcon):
+        for model_type, defaults in module.HF_DEFAULTS.items():
+            config = classes[model_type]()
+            for key, want in defaults.items():
+                if key in ("rope_theta", "rotary_emb_base"):
+                    have = config.rope_parameters["rope_theta"]
+                elif key in ("partial_rotary_factor", "rotary_pct"):
+                    have = config.rope_parameters.get("partial_rotary_factor", 1.0)
+                else:
+                    have = getattr(config, key)
+                assert have == want, (model_type, key)

@@ -137,21 +137,9 @@ def positive_int(value: Any) -> int | None:
 
 
 def qkv_sizes(config: dict[str, Any] | None) -> tuple[int, int, int] | None:
-    """Rows of q, k and v in the fused ``attn.qkv`` weight, from the model config.
+    """Rows of q, k and v in the fused ``attn.qkv`` weight (``Geometry``), or None when the config lacks
+    the head geometry or holds unusable values (formats.md §2.3)."""
+    from ckpt_tool_lit.geometry import Geometry
 
-    ``q = n_head·hs``, ``k = v = n_query_groups·hs`` with ``hs = head_size`` or
-    ``n_embd // n_head`` (formats.md §2.3). None when the config lacks them.
-    """
-    if not config:
-        return None
-    n_head = positive_int(config.get("n_head"))
-    if n_head is None:
-        return None
-    groups = positive_int(config.get("n_query_groups")) or n_head
-    hs = positive_int(config.get("head_size"))
-    if hs is None:
-        n_embd = positive_int(config.get("n_embd"))
-        if n_embd is None:
-            return None
-        hs = n_embd // n_head
-    return n_head * hs, groups * hs, groups * hs
+    geo = Geometry.maybe(config)
+    return geo.qkv_sizes if geo else None

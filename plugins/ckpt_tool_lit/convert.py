@@ -47,9 +47,7 @@ def to_hub(source: CheckpointInfo, options: Any) -> HubView | None:
     if source.format != FORMAT:
         return None
     if source.kind != "model":
-        from ckpt_tool_lit.lora_hub import lora_to_hub
-
-        return lora_to_hub(source, options)
+        return _adapter_to_hub(source, options)
     if source.training_state:
         raise Unsupported(
             f"{source.path}: a training state (weights + optimizer); converting it would drop the optimizer",
@@ -65,17 +63,16 @@ def to_hub(source: CheckpointInfo, options: Any) -> HubView | None:
     base = _original_config(directory)
     fam = family_for_lit(cfg)
     tensors = {t.name: t for t in source.tensors}
-    steps = _call(fam.to_hf_steps, cfg, tensors, SRC, HUB, tie=options.tie, base=base)
-    config = _call(fam.hf_config, cfg, tie=options.tie, base=base, dtype=_config_dtype(steps, options))
+    steps = fam.to_hf_steps(cfg, tensors, SRC, HUB, tie=options.tie, base=base)
+    config = fam.hf_config(cfg, tie=options.tie, base=base, dtype=_config_dtype(steps, options))
     return HubView("model", steps, config, travelling_files(directory), extra={"family": fam.name})
 
 
-def _call(fn: Any, *args: Any, **kw: Any) -> Any:
-    """Families differ in which optional keywords they take (tie, base, dtype): pass the ones accepted."""
-    import inspect
+def _adapter_to_hub(source: CheckpointInfo, options: Any) -> HubView:
+    """LitGPT LoRA → PEFT naming; ``lora_hub`` refuses LitGPT's other adapters (no Hugging Face form)."""
+    from ckpt_tool_lit.lora_hub import lora_to_hub
 
-    params = inspect.signature(fn).parameters
-    return fn(*args, **{k: v for k, v in kw.items() if k in params})
+    return lora_to_hub(source, options)
 
 
 def _config_dtype(steps: list[Any], options: Any) -> str | None:

@@ -20,13 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import InvalidFile
+from ckpt_tool.limits import MAX_HEAD_SIZE, MAX_HEADS
 
 if TYPE_CHECKING:
     import torch
-
-#: Larger head counts / sizes than any model has: a config past these is damaged or hostile.
-MAX_HEADS = 1 << 16
-MAX_HEAD_SIZE = 1 << 16
 
 
 def _int(value: Any) -> int | None:
@@ -87,6 +84,15 @@ class Geometry:
             return cls.from_config(config)
         except InvalidFile:
             return None
+
+    @classmethod
+    def problem(cls, config: Mapping[str, Any] | None, source: str = "model_config.yaml") -> str | None:
+        """Why ``config`` gives no geometry (for callers that collect problems), or None when it does."""
+        try:
+            cls.from_config(config, source)
+        except InvalidFile as exc:
+            return exc.message
+        return None
 
     # -- sizes -------------------------------------------------------------------------------------
 

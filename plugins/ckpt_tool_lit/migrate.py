@@ -31,6 +31,7 @@ from ckpt_tool_lit.config import (
     read_json_mapping,
     read_yaml_mapping,
 )
+from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.keys import (
     ADAPTER,
     ADAPTER_V2,
@@ -504,39 +505,26 @@ def _config_for(t: _Target, run_dir: Path) -> dict[str, Any] | None:
 
 
 def _attn_params(cfg: dict[str, Any] | None) -> dict[str, int] | None:
-    if not cfg:
-        return None
-    n_head, n_embd = cfg.get("n_head"), cfg.get("n_embd")
-    if not isinstance(n_head, int) or not isinstance(n_embd, int) or n_head <= 0:
-        return None
-    head_size = cfg.get("head_size") or n_embd // n_head
-    groups = cfg.get("n_query_groups") or n_head
-    if not isinstance(groups, int) or n_head % groups:
-        return None
-    return {"n_head": n_head, "n_query_groups": groups, "head_size": int(head_size)}
+    """The head geometry ``--upgrade-attn`` records in the plan (None: no usable config)."""
+    geo = Geometry.maybe(cfg)
+    return None if geo is None else {"n_head": geo.n_head, "n_query_groups": geo.n_query_groups, "head_size": geo.head_size}
 
 
 def regroup_qkv(t: Any, n_head: int, n_query_groups: int, head_size: int) -> Any:
     """Rows of the legacy fused attention ``[q.., k, v]`` per query group → today's ``[Q | K | V]``.
 
     The same permutation LitGPT applies when it loads a legacy checkpoint
-    (``qkv_reassemble``); it is exact (rows move, values do not change).
+    (``qkv_reassemble``); it is exact (rows move, values do not change). The geometry comes from the
+    journal, which is untrusted: it is checked as a model config would be.
     """
-    import torch
-
-    q_per_kv = n_head // n_query_groups
-    rows = (q_per_kv + 2) * head_size * n_query_groups
-    if t.shape[0] != rows:
+    geo = Geometry.from_config(
+        {"n_head": n_head, "n_query_groups": n_query_groups, "head_size": head_size}, "the recorded attention geometry"
+    )
+    if t.shape[0] != geo.qkv_rows:
         raise Refused(
-            f"attn.attn has {t.shape[0]} rows, the config implies {rows}", "check the run's model config"
+            f"attn.attn has {t.shape[0]} rows, the config implies {geo.qkv_rows}", "check the run's model config"
         )
-    qs, ks, vs = [], [], []
-    for chunk in torch.chunk(t, n_query_groups):
-        q, k, v = torch.split(chunk, [head_size * q_per_kv, head_size, head_size])
-        qs.append(q)
-        ks.append(k)
-        vs.append(v)
-    return torch.cat(qs + ks + vs).contiguous()
+    return geo.to_grouped(t)
 
 
 def upgrade_attn_file(src: Path, out: Path, params: dict[str, Any]) -> None:

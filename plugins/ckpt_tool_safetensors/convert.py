@@ -51,8 +51,9 @@ def from_hub(view: HubView, layout: str, options: Any) -> HubResult | None:
     if getattr(options, "dtype", None):
         from ckpt_tool.model import DTYPE_NAMES
 
-        key = "torch_dtype" if "torch_dtype" in config else "dtype"
-        config[key] = DTYPE_NAMES[options.dtype]
+        # transformers 4 reads torch_dtype, 5 reads dtype (first): every spelling present must say the new one
+        keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype", "dtype"]
+        config.update(dict.fromkeys(keys, DTYPE_NAMES[options.dtype]))
     side = [SideFile("config.json", data=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode())]
     side += [SideFile(name, src=src) for name, src in view.files.items()]
     return HubResult(steps, side)

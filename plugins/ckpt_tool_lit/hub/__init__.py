@@ -47,15 +47,37 @@ class Family(Protocol):
     def matches_hf(self, hf: Mapping[str, Any]) -> bool:
         """Whether a ``config.json`` (``model_type`` / ``architectures``) is this family."""
 
-    def hf_config(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``config.json`` transformers needs to load the converted model (``AutoModelForCausalLM``)."""
+    def hf_config(
+        self,
+        cfg: Mapping[str, Any],
+        *,
+        tie: bool | None = None,
+        base: Mapping[str, Any] | None = None,
+        dtype: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``config.json`` transformers needs to load the converted model (``AutoModelForCausalLM``).
+
+        ``tie``: tie the head to the embeddings (None: as ``base`` says, else the family's default);
+        ``base``: the model's original ``config.json`` (LitGPT's download keeps it beside ``lit_model.pth``):
+        token ids are copied from it, and one describing another model is refused; ``dtype``: the
+        safetensors dtype the weights are written in (``torch_dtype`` / ``dtype``)."""
 
     def lit_config(self, hf: Mapping[str, Any]) -> dict[str, Any]:
         """A LitGPT ``model_config.yaml`` from ``config.json`` such that ``litgpt.GPT(Config(**it))`` is the same model."""
 
-    def to_hf_steps(self, cfg: Mapping[str, Any], tensors: Mapping[str, TensorInfo], src: str, sink: str) -> list[Step]:
+    def to_hf_steps(
+        self,
+        cfg: Mapping[str, Any],
+        tensors: Mapping[str, TensorInfo],
+        src: str,
+        sink: str,
+        *,
+        tie: bool | None = None,
+        base: Mapping[str, Any] | None = None,
+    ) -> list[Step]:
         """Steps reading input ``src`` (lit names) and writing sink ``sink`` (hf names), bit-identical to
-        ``convert_lit_checkpoint``. Raise ``Unsupported`` / ``InvalidFile`` for tensors it cannot place."""
+        ``convert_lit_checkpoint``; ``tie`` / ``base`` as given to ``hf_config`` (they decide whether
+        ``lm_head.weight`` is written). Raise ``Unsupported`` / ``InvalidFile`` for tensors it cannot place."""
 
     def to_lit_steps(
         self, cfg: Mapping[str, Any], hf: Mapping[str, Any], tensors: Mapping[str, TensorInfo], src: str, sink: str

@@ -22,48 +22,26 @@ from collections.abc import Mapping
 from typing import Any
 
 from ckpt_tool.errors import Unsupported
-from ckpt_tool_lit.hub.common import (
-    ANY,
-    QKV,
-    HfView,
-    HubFamily,
-    Layout,
-    LitModel,
-    Variant,
-    cfg_route,
-    gemma_like,
-    hf_base_config,
-    hf_rope,
-    hf_route,
-    int_if_whole,
-    lit_base_config,
-    lit_name,
-    lit_rope_scaling,
-    lit_route,
-    merge_base,
-)
-from ckpt_tool_lit.hub.llama import DENSE
+from ckpt_tool_lit.hub.config_json import read_rope
+from ckpt_tool_lit.hub.family import HubFamily, Variant
+from ckpt_tool_lit.hub.llama import DENSE, QK_NORM, RULES, _gemma_like, lit_llama, llama_json
+from ckpt_tool_lit.hub.model_config import ANY, LitModel, cfg_route, lit_name, same_route
+from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 
 GEMMA2 = Layout(
     (
-        ("norm_1.weight", "input_layernorm.weight", "embd"),
-        ("attn.qkv.weight", QKV, "qkv"),
-        ("attn.proj.weight", "self_attn.o_proj.weight", "o"),
-        ("post_attention_norm.weight", "post_attention_layernorm.weight", "embd"),
-        ("norm_2.weight", "pre_feedforward_layernorm.weight", "embd"),
-        ("mlp.fc_1.weight", "mlp.gate_proj.weight", "up"),
-        ("mlp.fc_2.weight", "mlp.up_proj.weight", "up"),
-        ("mlp.proj.weight", "mlp.down_proj.weight", "down"),
-        ("post_mlp_norm.weight", "post_feedforward_layernorm.weight", "embd"),
+        T("norm_1.weight", "input_layernorm.weight", "embd"),
+        T("attn.qkv.weight", QKV, "qkv"),
+        T("attn.proj.weight", "self_attn.o_proj.weight", "o"),
+        T("post_attention_norm.weight", "post_attention_layernorm.weight", "embd"),
+        T("norm_2.weight", "pre_feedforward_layernorm.weight", "embd"),
+        T("mlp.fc_1.weight", "mlp.gate_proj.weight", "up"),
+        T("mlp.fc_2.weight", "mlp.up_proj.weight", "up"),
+        T("mlp.proj.weight", "mlp.down_proj.weight", "down"),
+        T("post_mlp_norm.weight", "post_feedforward_layernorm.weight", "embd"),
     )
 )
-GEMMA3 = Layout(
-    GEMMA2.layer
-    + (
-        ("attn.norm_q.weight", "self_attn.q_norm.weight", "head"),
-        ("attn.norm_k.weight", "self_attn.k_norm.weight", "head"),
-    )
-)
+GEMMA3 = Layout(GEMMA2.layer[:3] + QK_NORM + GEMMA2.layer[3:])
 
 VARIANTS = {
     "gemma": Variant("gemma", "GemmaForCausalLM", DENSE, tied=True),
@@ -113,17 +91,12 @@ def _pattern(layers: list[int]) -> int | None:
 class GemmaFamily(HubFamily):
     name = "gemma"
     variants = VARIANTS
+    hf_defaults = HF_DEFAULTS
+    gemma_norms = True
 
     def matches_lit(self, cfg: Mapping[str, Any]) -> bool:
-        route, name = cfg_route(cfg)
-        return (
-            route in ("gemma_2", "gemma_3")
-            or route == "llama"
-            and gemma_like(name, str(cfg.get("mlp_class_name", "")))
-        )
-
-    def matches_hf(self, hf: Mapping[str, Any]) -> bool:
-        return super().matches_hf(hf) or isinstance(hf, Mapping) and hf.get("model_type") == MULTIMODAL
+        route, name, mlp = cfg_route(cfg)
+        return route in ("gemma_2", "gemma_3") or route == "llama" and _gemma_like(name, mlp)
 
     def variant_for_hf(self, hf: Mapping[str, Any]) -> Variant:
         if isinstance(hf, Mapping) and hf.get("model_type") == MULTIMODAL:
@@ -134,6 +107,9 @@ class GemmaFamily(HubFamily):
             )
         return super().variant_for_hf(hf)
 
+    def matches_hf(self, hf: Mapping[str, Any]) -> bool:
+        return super().matches_hf(hf) or isinstance(hf, Mapping) and hf.get("model_type") == MULTIMODAL
+
     def variant_for_lit(self, c: LitModel) -> Variant:
         if "Gemma" not in c.name or c.mlp != "GemmaMLP" or c.route not in ("llama", "gemma_2", "gemma_3"):
             raise Unsupported(
@@ -141,44 +117,36 @@ class GemmaFamily(HubFamily):
                 "(it needs 'Gemma' in the name, for the 1 + weight norms, and mlp_class_name GemmaMLP)"
             )
         v = VARIANTS[_structure(c)]
-        handled: dict[str, Any] = {
-            "norm_class_name": "RMSNorm", "parallel_residual": False, "rotary_percentage": 1.0, "bias": False,
-            "mlp_class_name": "GemmaMLP", "scale_embeddings": True, "gelu_approximate": ANY,
-            "rope_adjustments": ANY, "rope_condense_ratio": ANY, "norm_topk_prob": ANY, "norm_qk_type": ANY,
-            "attention_scores_scalar": ANY,
+        rules: dict[str, Any] = {
+            **RULES, "mlp_class_name": "GemmaMLP", "scale_embeddings": True, "attention_scores_scalar": ANY,
         }  # fmt: skip
         if v.model_type != "gemma":
-            handled.update(
+            rules.update(
                 post_attention_norm=True, post_mlp_norm=True, attention_logit_softcapping=ANY,
                 final_logit_softcapping=ANY, sliding_window_size=ANY, sliding_window_indices=ANY,
             )  # fmt: skip
         if v.model_type == "gemma3_text":
-            handled.update(norm_qk=True, norm_qk_type="default", rope_local_base_freq=ANY, rope_indices=ANY)
-        c.check_features(handled, v.arch)
+            rules.update(norm_qk=True, norm_qk_type="default", rope_local_base_freq=ANY, rope_indices=ANY)
+        c.require(v.arch, rules)
         if c.v["gelu_approximate"] not in ACT:
-            raise Unsupported(
-                f"{c.source}: gelu_approximate = {c.v['gelu_approximate']!r:.20} (only 'tanh' and 'none' exist)"
-            )
+            raise Unsupported(f"{c.source}: gelu_approximate = {c.v['gelu_approximate']!r:.20} (only 'tanh' and 'none' exist)")
         scalar = c.v["attention_scores_scalar"]
         if v.model_type == "gemma" and scalar not in (None, c.geometry.head_size):
-            raise Unsupported(
-                f"{c.source}: attention_scores_scalar {scalar!r:.20}: Gemma 1 scales by the head size"
-            )
+            raise Unsupported(f"{c.source}: attention_scores_scalar {scalar!r:.20}: Gemma 1 scales by the head size")
         if scalar is not None:
             c.int("attention_scores_scalar")
         for key in ("attention_logit_softcapping", "final_logit_softcapping", "rope_local_base_freq"):
             c.opt_num(key)
-        scaling = lit_rope_scaling(c)
+        scaling = c.rope_scaling()
         if v.model_type == "gemma3_text":
             types = self._layer_types(c)
             if c.v["rope_local_base_freq"] is not None and c.local_rope_layers != types:
                 raise Unsupported(
-                    f"{c.source}: rope_indices differ from sliding_window_indices; Gemma-3 uses the local rope base exactly on sliding layers"
+                    f"{c.source}: rope_indices differ from sliding_window_indices; Gemma-3 uses the local rope base "
+                    "exactly on sliding layers"
                 )
             if c.v["rope_local_base_freq"] is None and scaling is not None and any(types):
-                raise Unsupported(
-                    f"{c.source}: rope_adjustments apply to every layer, Gemma-3 scales only the global ones"
-                )
+                raise Unsupported(f"{c.source}: rope_adjustments apply to every layer, Gemma-3 scales only the global ones")
         return v
 
     @staticmethod
@@ -186,22 +154,12 @@ class GemmaFamily(HubFamily):
         """Sliding layers; without a window, Gemma-3's local-rope layers (transformers types layers either way)."""
         return c.sliding_layers if c.sliding_window is not None else c.local_rope_layers
 
-    def hf_config(
-        self,
-        cfg: Mapping[str, Any],
-        *,
-        tie: bool | None = None,
-        base: Mapping[str, Any] | None = None,
-        dtype: str | None = None,
-    ) -> dict[str, Any]:
-        c = LitModel(cfg)
-        v = self.variant_for_lit(c)
-        out = hf_base_config(c, v.model_type, v.arch, self.resolve_tie(v, tie, base), dtype)
+    def config_json(self, c: LitModel, v: Variant) -> dict[str, Any]:
         act = ACT[c.v["gelu_approximate"]]
-        out.update(hidden_activation=act, attention_bias=False)
+        out = {**llama_json(c), "hidden_activation": act, "attention_bias": False}
         if v.model_type == "gemma":
             out["hidden_act"] = act  # transformers 5 reads hidden_act, 4 hidden_activation
-            return merge_base(out, base)
+            return out
         types = self._layer_types(c) if v.model_type == "gemma3_text" else c.sliding_layers
         out.update(
             query_pre_attn_scalar=c.v["attention_scores_scalar"] or c.geometry.head_size,
@@ -216,27 +174,21 @@ class GemmaFamily(HubFamily):
             pattern = _pattern(types)
             if pattern is not None:
                 out["sliding_window_pattern"] = pattern  # transformers < 4.53 reads only this
-        return merge_base(out, base)
+        return out
 
     def lit_config(self, hf: Mapping[str, Any]) -> dict[str, Any]:
         v = self.variant_for_hf(hf)
-        h = HfView(hf, HF_DEFAULTS[v.model_type])
+        h = self.view(hf, v)
         act = h.get("hidden_activation") or h.get("hidden_act")
         approx = {a: k for k, a in ACT.items()}.get(act)
         if approx is None:
-            raise Unsupported(
-                f"config.json: activation {act!r:.40} has no LitGPT Gemma equivalent (gelu_pytorch_tanh, gelu)"
-            )
+            raise h.unsupported(f"activation {act!r:.40}", "LitGPT's Gemma MLP knows gelu_pytorch_tanh and gelu")
         h.refuse("attention_bias", [False], "LitGPT's Gemma has no attention biases")
         h.refuse("use_bidirectional_attention", [None, False], "LitGPT's models are causal")
-        route = ROUTE[v.model_type]
-        name, hfc = lit_name(
-            hf,
-            PREFIX[v.model_type],
-            lambda n: "Gemma" in n and lit_route(n, "GemmaMLP") == route and hf_route(n, "GemmaMLP") == route,
-        )
-        out = lit_base_config(h, name, hfc)
-        out.update(mlp_class_name="GemmaMLP", gelu_approximate=approx, scale_embeddings=True)
+        route, prefix = ROUTE[v.model_type], PREFIX[v.model_type]
+        name, hfc = lit_name(hf, prefix, lambda n: same_route(n, "GemmaMLP", route), prefix, gemma=True)
+        layers = "full_attention" if v.model_type == "gemma3_text" else None
+        out = lit_llama(h, name, hfc, layers, mlp_class_name="GemmaMLP", gelu_approximate=approx, scale_embeddings=True)
         if v.model_type == "gemma":
             return self.check_lit_config(out)
         if v.model_type == "gemma2":
@@ -244,34 +196,26 @@ class GemmaFamily(HubFamily):
         else:
             pattern = h.raw.get("sliding_window_pattern", h.raw.get("_sliding_window_pattern", 6))
             if not isinstance(pattern, int) or isinstance(pattern, bool) or pattern < 1:
-                raise Unsupported(
-                    f"config.json: sliding_window_pattern = {pattern!r:.20} is not a positive integer"
-                )
+                raise h.unsupported(f"sliding_window_pattern {pattern!r:.20}", "it is not a positive integer")
             types = h.layer_types(lambda i: bool((i + 1) % pattern))
         window = h.opt_int("sliding_window")
+        slides = window is not None and any(types)
         out.update(
             post_attention_norm=True,
             post_mlp_norm=True,
             attention_scores_scalar=h.int("query_pre_attn_scalar"),
             attention_logit_softcapping=h.opt_num("attn_logit_softcapping"),
             final_logit_softcapping=h.opt_num("final_logit_softcapping"),
-            sliding_window_size=window if window is not None and any(types) else None,
-            sliding_window_indices=types if window is not None and any(types) else None,
+            sliding_window_size=window if slides else None,
+            sliding_window_indices=types if slides else None,
         )
         if v.model_type == "gemma3_text":
-            theta, scaling = hf_rope(h, "full_attention")
-            local, local_scaling = hf_rope(h, "sliding_attention")
-            if local_scaling is not None:
-                raise Unsupported(
-                    "config.json: rope scaling on sliding layers has no LitGPT equivalent (LitGPT scales the global rope only)"
+            local = read_rope(h, "sliding_attention")
+            if local.kind != "default":
+                raise h.unsupported(
+                    f"rope scaling {local.kind!r:.20} on sliding layers", "LitGPT scales the global rope only"
                 )
-            out.update(
-                norm_qk=True,
-                rope_base=int_if_whole(theta),
-                rope_adjustments=scaling,
-                rope_local_base_freq=float(local),
-                rope_indices=types,
-            )
+            out.update(norm_qk=True, rope_local_base_freq=float(local.theta), rope_indices=types)
         return self.check_lit_config(out)
 
 

@@ -1,0 +1,316 @@
+"""Tensor maps LitGPT ↔ transformers, and the one place they become transform steps.
+
+A family describes its architecture as a ``Layout``: a small table of ``T`` entries, one per tensor of
+a layer (and of an MoE expert, and outside the layers), each naming the LitGPT tensor(s), the
+transformers tensor(s) and the shape kind. The entry's form says the operation, both ways:
+
+* one name each side: a copy (LitGPT's converters rename and never cast);
+* a tuple of transformers modules: LitGPT's fused ``attn.qkv`` rows split into q, k, v (``split``
+  views) and ``torch.cat((q, k, v))`` back;
+* a tuple of LitGPT tensors: several LitGPT tensors that are row blocks of one transformers tensor
+  (Phi-3's ``gate_up_proj`` = fc_1 rows then fc_2 rows);
+* ``regroup``: a fused qkv whose transformers rows are interleaved per query group (GPT-NeoX, Falcon).
+
+``units`` expands a layout for one config into ``Unit``\\ s (every tensor of the model, with the
+embeddings and the head, tied or not), lazily; ``plan`` turns them into steps for one direction and
+checks the checkpoint against them: every tensor placed or refused by name, every shape and dtype
+checked, a hostile layer or expert count refused after ``SLACK`` tensors too many instead of planned.
+The computes do exactly what LitGPT's converters do, so results are bit-identical.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from ckpt_tool.errors import InvalidFile, Refused, Unsupported
+from ckpt_tool.io.tensors import is_float
+from ckpt_tool.model import TensorInfo
+from ckpt_tool.ops.transform import Compute, Out, Read, Step, copy_step
+from ckpt_tool_lit.geometry import Geometry
+
+if TYPE_CHECKING:
+    import torch
+
+    from ckpt_tool_lit.hub.model_config import LitModel
+
+Shape = tuple[int, ...]
+WTE = "transformer.wte.weight"
+LM_HEAD = "lm_head.weight"
+#: Tensors a config may describe beyond the checkpoint before the plan stops (a missing layer or two is
+#: listed by name; a hostile ``n_layer`` / ``n_expert`` is refused without building its table).
+SLACK = 1024
+#: transformers' separate q/k/v projections of LitGPT's fused qkv (LLaMA, Qwen, Gemma, Phi).
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+
+
+@dataclass(frozen=True)
+class T:
+    """One tensor mapping of a layout (names relative to the layer, or absolute in ``Layout.top``)."""
+
+    lit: str | tuple[str, ...]
+    hf: str | tuple[str, ...]  # a tuple of modules: the lit tensor's row blocks (".weight"/".bias" appended)
+    shape: str  # shape kind (``shapes``) of each LitGPT tensor
+    regroup: bool = False  # fused qkv rows interleaved per query group in transformers
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One transformers architecture's names for a LitGPT model."""
+
+    layer: tuple[T, ...]
+    hf_layer: str = "model.layers."  # transformers' prefix of layer i is f"{hf_layer}{i}."
+    top: tuple[T, ...] = (T("transformer.ln_f.weight", "model.norm.weight", "embd"),)
+    embed: str = "model.embed_tokens.weight"
+    head: str = LM_HEAD
+    head_bias: bool = False  # ``lm_head.bias`` (Phi), the same name on both sides
+    expert: tuple[T, ...] = ()
+    expert_prefix: str = ""  # transformers, under the layer: "block_sparse_moe.experts." / "mlp.experts."
+    #: transformers buffers of old saves (rotary ``inv_freq``, causal masks): consumed, written nowhere.
+    buffers: str = r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """LitGPT tensors ``lit`` ↔ transformers tensors ``hf`` (name, shape), with the compute each way
+    (None: a copy of the one read tensor into each output)."""
+
+    lit: tuple[tuple[str, Shape], ...]
+    hf: tuple[tuple[str, Shape], ...]
+    to_hf: Compute | None = None
+    to_lit: Compute | None = None
+    why: str = ""
+
+
+def shapes(c: LitModel) -> dict[str, Shape]:
+    g, e = c.geometry, c.n_embd
+    return {
+        "embd": (e,), "head": (g.head_size,), "qkv": (g.qkv_rows, e), "qkv_bias": (g.qkv_rows,),
+        "o": (e, g.n_head * g.head_size), "up": (c.intermediate, e), "up_bias": (c.intermediate,),
+        "down": (e, c.intermediate), "router": (c.n_expert, e), "eup": (c.expert_intermediate, e),
+        "edown": (e, c.expert_intermediate),
+    }  # fmt: skip
+
+
+def _unit(t: T, lp: str, hp: str, shape: Mapping[str, Shape], geo: Geometry) -> Unit:
+    s = shape[t.shape]
+    if isinstance(t.hf, tuple):  # LitGPT's fused qkv ↔ q, k, v
+        rows = geo.qkv_sizes
+        kind = str(t.lit).rsplit(".", 1)[1]
+        parts = tuple((f"{hp}{m}.{kind}", (r, *s[1:])) for m, r in zip(t.hf, rows))
+        return Unit(((lp + str(t.lit), s),), parts, partial(_split, rows), _cat, f"fused qkv {kind} ↔ q/k/v")
+    if isinstance(t.lit, tuple):  # LitGPT row blocks ↔ one fused transformers tensor
+        sizes = tuple(s[0] for _ in t.lit)
+        hf = ((hp + t.hf, (sum(sizes), *s[1:])),)
+        return Unit(tuple((lp + n, s) for n in t.lit), hf, _cat, partial(_split, sizes), f"{t.hf} = row blocks")
+    if t.regroup:
+        return Unit(
+            ((lp + t.lit, s),), ((hp + t.hf, s),), partial(_interleave, geo), partial(_group, geo),
+            "qkv rows regrouped (per-group interleaved in transformers)",
+        )  # fmt: skip
+    return Unit(((lp + t.lit, s),), ((hp + t.hf, s),))
+
+
+def units(c: LitModel, layout: Layout, tied: bool, hf_names: Iterable[str] = (), untie: str = "") -> Iterator[Unit]:
+    """Every tensor of the model ``c`` describes, in LitGPT's state-dict order (``lm_head`` first), lazily
+    (see ``plan``).
+
+    ``tied``: the transformers model ties its head to the embeddings, so it stores no head. LitGPT always
+    stores ``lm_head.weight``: lit → hf writes the embeddings once after checking the head holds the same
+    bits (LitGPT's converters drop a trained head unseen; ``untie`` says how to keep it); hf → lit writes
+    the embeddings into both, as LitGPT does, or checks the head a tied file still carries (``hf_names``).
+    """
+    shape, geo = shapes(c), c.geometry
+    emb = (c.vocab, c.n_embd)
+    lit_pair = ((LM_HEAD, emb), (WTE, emb))
+    if not tied:
+        yield Unit(((LM_HEAD, emb),), ((layout.head, emb),))
+    if layout.head_bias:
+        yield Unit((("lm_head.bias", (c.vocab,)),), (("lm_head.bias", (c.vocab,)),))
+    if not tied:
+        yield Unit(((WTE, emb),), ((layout.embed, emb),))
+    elif layout.head in set(hf_names):
+        check = partial(_tied_to_lit, (layout.embed, layout.head))
+        yield Unit(lit_pair, ((layout.embed, emb), (layout.head, emb)), None, check, "tied head stored too (checked)")
+    else:
+        to_hf = partial(_tied_to_hf, untie or UNTIE)
+        yield Unit(lit_pair, ((layout.embed, emb),), to_hf, None, "lm_head tied to the embeddings")
+    experts = c.n_expert if layout.expert else 0
+    if layout.expert and not experts:
+        raise InvalidFile(f"{c.source}: n_expert is 0 but mlp_class_name is {c.mlp}")
+    for i in range(c.n_layer):
+        lp, hp = f"transformer.h.{i}.", f"{layout.hf_layer}{i}."
+        for t in layout.layer:
+            yield _unit(t, lp, hp, shape, geo)
+        for e in range(experts):
+            for t in layout.expert:
+                yield _unit(t, f"{lp}mlp.experts.{e}.", f"{hp}{layout.expert_prefix}{e}.", shape, geo)
+    for t in layout.top:
+        yield _unit(t, "", "", shape, geo)
+
+
+UNTIE = (
+    "the fine-tune trained the head apart from the embeddings: to keep both, set \"tie_word_embeddings\": false "
+    "in the config.json beside lit_model.pth (create it with just that key if there is none)"
+)
+
+
+def _names(names: Sequence[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" (+{len(names) - k} more)" if len(names) > k else "")
+
+
+def plan(
+    units: Iterable[Unit],
+    tensors: Mapping[str, TensorInfo],
+    src: str,
+    sink: str,
+    to: str,
+    *,
+    side: str,
+    arch: str,
+    n_layer: int,
+    buffers: str | None = None,
+) -> list[Step]:
+    """Steps for direction ``to`` ("hf": read the units' lit side; "lit": read their hf side).
+
+    Outputs keep the source dtype (LitGPT's converters do not cast unless asked; the engine casts).
+    Tensors matching ``buffers`` (old transformers buffers) are consumed by steps with no output.
+
+    Raises:
+        InvalidFile: tensors the config calls for are missing or mis-shaped, or tensors no unit takes
+            (listed together), or the config describes far more tensors than the checkpoint holds.
+        Unsupported: LoRA / adapter tensors (merge first), a non-float tensor (quantized weights), or one
+            unit's tensors in different dtypes (they would be fused by promotion).
+    """
+    limit = len(tensors) + SLACK
+    count = 0
+    missing: list[str] = []
+    bad: list[str] = []
+    taken: set[str] = set()
+    steps: list[Step] = []
+    for u in units:
+        reads, outs, fn = (u.lit, u.hf, u.to_hf) if to == "hf" else (u.hf, u.lit, u.to_lit)
+        count += len(reads)
+        if count > limit:
+            raise InvalidFile(
+                f"the config describes more than {limit} tensors for {n_layer} layers but the checkpoint holds "
+                f"only {len(tensors)} tensors",
+                "the config does not describe these weights",
+            )
+        absent = [n for n, _ in reads if n not in tensors]
+        missing.extend(absent)
+        present = [(n, s) for n, s in reads if n in tensors]
+        taken.update(n for n, _ in present)
+        shaped = [f"{n}: shape {list(tensors[n].shape)}, the config gives {list(s)}" for n, s in present
+                  if tuple(tensors[n].shape) != s]  # fmt: skip
+        bad.extend(shaped)
+        if absent or shaped:
+            continue
+        dtypes = [tensors[n].dtype for n, _ in reads]
+        for (n, _), dt in zip(reads, dtypes):
+            if not is_float(dt):
+                raise Unsupported(f"{n} is {dt}: quantized or integer weights are not converted")
+        if len(set(dtypes)) > 1:
+            raise Unsupported(
+                f"{', '.join(n for n, _ in reads)} have different dtypes ({', '.join(dtypes)}) and are fused into "
+                "one tensor",
+                "cast the checkpoint to one dtype first (`ckpt-tool convert --to torch --dtype …`)",
+            )
+        if fn is None:
+            steps += [copy_step(src, reads[0][0], sink, n, dtypes[0], s) for n, s in outs]
+        else:
+            outs_ = tuple(Out(sink, n, dtypes[0], s) for n, s in outs)
+            steps.append(Step(outs_, tuple(Read(src, n) for n, _ in reads), fn, u.why))
+    pattern = re.compile(buffers) if buffers else None
+    ignored = [n for n in tensors if n not in taken and pattern is not None and pattern.fullmatch(n)]
+    extra = [n for n in tensors if n not in taken and n not in set(ignored)]
+    lora = [n for n in extra if "lora_" in n]
+    if lora:
+        raise Unsupported(
+            f"{len(lora)} LoRA tensor(s) in the checkpoint, e.g. {lora[0]}: a full-model conversion needs merged weights",
+            "merge the adapter first (`ckpt-tool merge`), then convert the merged model",
+        )
+    adapter = [n for n in extra if "adapter" in n or "gating_factor" in n]
+    if adapter:
+        raise Unsupported(
+            f"{len(adapter)} adapter tensor(s) in the checkpoint, e.g. {adapter[0]}: adapter models do not convert",
+            "merge adapter v2 weights first; adapter v1 cannot be expressed as plain weights",
+        )
+    if missing or extra or bad:
+        lines = [f"the {side} checkpoint does not match the {arch} model its config describes"]
+        if missing:
+            lines.append(f"  {len(missing)} missing: {_names(missing)}")
+        if extra:
+            lines.append(f"  {len(extra)} not part of that model: {_names(extra)}")
+        lines += [f"  {b}" for b in bad[:3]] + ([f"  (+{len(bad) - 3} more shape mismatches)"] if len(bad) > 3 else [])
+        raise InvalidFile(
+            "\n".join(lines), "the config does not describe these weights (or they are incomplete); nothing was converted"
+        )
+    for n in ignored:
+        steps.append(Step((), (Read(src, n),), _discard, f"{n}: a buffer transformers recomputes (LitGPT drops it too)"))
+    return steps
+
+
+# --- computes (run by the engine; torch imported there; inputs never modified) -----------------------------
+
+
+def _split(sizes: tuple[int, ...], ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    """LitGPT ``copy_weights_*``: ``param.split(sizes)`` (views)."""
+    return list(ts[0].split(sizes))
+
+
+def _cat(ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    """LitGPT ``convert_hf_checkpoint``: ``torch.cat((q, k, v))``."""
+    import torch
+
+    return [torch.cat(tuple(ts))]
+
+
+def _interleave(geo: Geometry, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    return [geo.to_interleaved(ts[0])]
+
+
+def _group(geo: Geometry, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    return [geo.to_grouped(ts[0])]
+
+
+def _discard(ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    return []
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN payloads and -0.0 included): what "tied" means for stored tensors."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    size = a.element_size()
+    if a.dtype.is_floating_point and size in ints:
+        return torch.equal(a.contiguous().view(ints[size]), b.contiguous().view(ints[size]))
+    return torch.equal(a, b)
+
+
+def _tied_to_hf(hint: str, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    head, wte = ts
+    if not same_bits(wte, head):
+        raise Refused(
+            f"{LM_HEAD} differs from {WTE}, but the Hugging Face model ties its output head to the embeddings: "
+            "converting would silently replace the head",
+            hint,
+        )
+    return [wte]
+
+
+def _tied_to_lit(names: tuple[str, str], ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
+    embed, head = ts
+    if not same_bits(embed, head):
+        raise Refused(
+            f"{names[1]} differs from {names[0]}, but config.json ties the output head to the embeddings "
+            "(transformers would use the embeddings, LitGPT's converter the stored head)",
+            "set tie_word_embeddings to false in config.json if the stored head is meant",
+        )
+    return [head, embed]  # LitGPT's lm_head.weight, transformer.wte.weight
