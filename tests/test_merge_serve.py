@@ -108,8 +108,10 @@ def test_tokenizer_links_out_of_the_folder_are_not_followed(ws, cli, tmp_path):
     secret = tmp_path / "secret.txt"
     secret.write_text("do not publish")
     os.symlink(secret, ws["peft_adapter"] / "tokenizer_config.json")
+    (ws["peft_adapter"] / "tokenizer.json").write_text('{"adapter": true}')
     out = tmp_path / "m"
     assert cli("merge", ws["peft_adapter"], "--base", ws["hf_base"], "--out", out).code == 0
+    assert (out / "tokenizer.json").read_text() == '{"adapter": true}'
     assert not (out / "tokenizer_config.json").exists()
 
 
@@ -176,10 +178,11 @@ def test_hub_id_resolves_offline_in_the_local_cache(ws, hub, cli, tmp_path, no_n
     assert (out / "tokenizer.json").read_text() == '{"cached": true}'  # linked into blobs/: allowed there
     assert (out / "config.json").read_bytes() == (ws["hf_base"] / "config.json").read_bytes()
     human = cli("merge", ws["peft_adapter"], "--out", tmp_path / "m2").stdout
-    assert f"base demo-org/tiny-llama found in the local Hugging Face cache (revision {snap.name})" in human
+    assert f"base demo-org/tiny-llama found in the local Hugging Face cache (main = commit {snap.name[:12]}" in human
     rec = json.loads(cli("inspect", out, "--json").stdout)["provenance"]
     base_in = next(i for i in rec["inputs"] if i["role"] == "base")
     assert base_in["hub"] == {"id": "demo-org/tiny-llama", "commit": snap.name}
+    assert [f["name"] for f in base_in["files"]] == ["model.safetensors"]  # not the blob it links to
     assert f"into demo-org/tiny-llama@{snap.name[:12]}" in cli("inspect", out).stdout
 
 
@@ -316,7 +319,7 @@ def test_lost_hyperparameters_given_on_the_command_line(ws, cli, tmp_path):
     assert summary["hyperparameters"]["given"] == given and summary["lora"]["alpha"] == 16
     rec = json.loads(cli("inspect", out, "--json").stdout)["provenance"]
     assert rec["merge"]["hyperparameters"]["given"] == given
-    assert "lora alpha, query" in cli("inspect", out).stdout and "given on the command line" in cli("inspect", out).stdout
+    assert "(lora_alpha=16 and targets query,value given on the command line)" in cli("inspect", out).stdout
     human = cli("merge", final, "--out", tmp_path / "h", "--lora-alpha", "16", "--lora-targets", "lora_query,value").stdout
     assert "given on the command line: lora_alpha=16; targets query,value" in human
 

@@ -35,7 +35,10 @@ def _human(summary: dict) -> str:
         lines.append(f"  given on the command line: {'; '.join(shown)}")
     base = summary.get("recorded_base") or {}
     if base.get("resolved") and base.get("how") == "Hugging Face cache" and not base.get("base_given"):
-        lines.append(f"  base {base.get('id')} found in the local Hugging Face cache (revision {base.get('commit') or base.get('revision')})")
+        lines.append(
+            f"  base {base.get('id')} found in the local Hugging Face cache ({base.get('revision') or 'main'} = "
+            f"commit {str(base.get('commit'))[:12]}, nothing downloaded)"
+        )
     dtypes = ", ".join(f"{k}: {v}" for k, v in summary.get("dtype", {}).items())
     if dtypes:
         lines.append(f"  output dtypes: {dtypes}")

@@ -88,7 +88,10 @@ def describe_input(role: str, info: CheckpointInfo) -> dict[str, Any]:
     """
     from ckpt_tool.io.fingerprint import ALGORITHM, file_fingerprint
 
-    paths = sorted({os.path.realpath(f) for f in info.files} | {os.path.realpath(t.file) for t in info.tensors if t.file})
+    given: dict[str, str] = {}  # one entry per real file, named as given (a cache snapshot links to blobs/<hash>)
+    for f in [*info.files, *(t.file for t in info.tensors if t.file)]:
+        given.setdefault(os.path.realpath(f), os.path.abspath(f))
+    paths = sorted(given.values())
     files = []
     h = hashlib.sha256(b"ckpt-tool input fingerprint v1\0")
     for p in paths:
@@ -513,10 +516,17 @@ def summary(record: dict[str, Any]) -> str:
         merge = record.get("merge") if isinstance(record.get("merge"), dict) else {}
         hp = merge.get("hyperparameters") if isinstance(merge.get("hyperparameters"), dict) else {}
         notes = []
-        if hp.get("given"):
-            notes.append("lora " + ", ".join(printable(x, 20) for x in hp["given"][:8]) + " given on the command line")
-        if hp.get("assumed"):
-            notes.append("lora " + ", ".join(printable(x, 20) for x in hp["assumed"][:8]) + " assumed")
+        lora = merge.get("lora") if isinstance(merge.get("lora"), dict) else {}
+        given = [str(x) for x in hp.get("given") or []][:16] if isinstance(hp.get("given"), list) else []
+        if given:
+            shown = [f"lora_alpha={printable(lora.get('alpha'), 20)}"] if "alpha" in given else []
+            flags = [g for g in given if g not in ("alpha", "r")]
+            if flags:
+                shown.append("targets " + (",".join(printable(g, 20) for g in flags if lora.get(g) is True) or "none"))
+            notes.append(" and ".join(shown) + " given on the command line")
+        assumed = [str(x) for x in hp.get("assumed") or []][:16] if isinstance(hp.get("assumed"), list) else []
+        if assumed:
+            notes.append("lora " + ", ".join(printable(x, 20) for x in assumed) + " assumed")
         return line + (f" ({'; '.join(notes)})" if notes else "")
     if op == "convert" and len(inputs) == 1:
         (i,) = inputs.values()
@@ -532,5 +542,6 @@ def summary_lines(record: dict[str, Any] | None) -> list[str]:
     lines = []
     for depth, role, rec in chain(record):
         text = summary(rec)
-        lines.append(text if depth == 0 else "  " * (depth - 1) + f"{printable(role, 20)}: {text}")
+        label = {"in": "source"}.get(role, role)
+        lines.append(text if depth == 0 else "  " * (depth - 1) + f"{printable(label, 20)}: {text}")
     return lines

@@ -254,8 +254,9 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         )
     if alpha is None:
         raise Refused(
-            f"{adapter.path}: lora_alpha is unknown (no hyperparameters.yaml next to the adapter); the scale alpha/r "
-            "cannot be read from the tensors",
+            f"{adapter.path}: lora_alpha is unknown ("
+            + ("hyperparameters.yaml does not record it" if hp_file.is_file() else "no hyperparameters.yaml next to the adapter")
+            + "); the scale alpha/r cannot be read from the tensors",
             "restore hyperparameters.yaml from the training run, or pass the value used in training with "
             "--lora-alpha (old LitGPT defaults were r=8, alpha=16)",
         )

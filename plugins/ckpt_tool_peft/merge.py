@@ -251,7 +251,10 @@ def compare_with_recorded(
             return found, []
         mine = _weights_identity(bdir, list(base.files))
         theirs = _weights_identity(Path(resolved))
-        if mine and mine == theirs:
+        if not mine or not theirs:
+            found["matches"] = None  # e.g. only the recorded model's config.json is cached: nothing to compare
+            return found, []
+        if mine == theirs:
             found["matches"] = True  # a copy of the recorded base
             return found, []
         found["matches"] = False
