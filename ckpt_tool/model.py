@@ -147,6 +147,8 @@ class CheckpointInfo:
     # Plugin-private facts handed between a plugin's own hooks (parsed configs,
     # resolved file paths). Not part of the inspect output.
     details: dict[str, Any] = field(default_factory=dict)
+    # The provenance record ckpt-tool wrote with these files (``ckpt_tool.io.provenance``), checked.
+    provenance: dict[str, Any] | None = None
 
     @property
     def parameters(self) -> int:
@@ -191,6 +193,7 @@ class CheckpointInfo:
                 for a in self.adapters
             ],
             "metadata": self.metadata,
+            "provenance": self.provenance,
             "warnings": self.warnings,
             "companions": [c.to_json(with_tensors) for c in self.companions],
         }

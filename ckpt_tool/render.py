@@ -109,6 +109,11 @@ def _summary_rows(info: CheckpointInfo) -> list[list[Any]]:
         rows.append(["files", f"{len(info.files)} ({', '.join(_short(f) for f in info.files[:4])}{', …' if len(info.files) > 4 else ''})"])
     elif info.files:
         rows.append(["file", _short(info.files[0])])
+    if info.provenance:
+        from ckpt_tool.io.provenance import summary_lines
+
+        for i, line in enumerate(summary_lines(info.provenance)):
+            rows.append(["provenance" if i == 0 else "", line])
     for key, value in info.metadata.items():
         if key == "filter" or value in (None, "", [], {}):
             continue

@@ -93,8 +93,9 @@ def test_out_into_the_adapter_folder_is_the_default(tmp_path, cli):
     before = sorted(p.name for p in final.iterdir())
     res = cli("merge", final, "--out", final, "--json")
     assert res.code == 0, res.stderr
-    assert json.loads(res.stdout)["outputs"] == [str(final / "lit_model.pth")]
-    assert sorted(p.name for p in final.iterdir()) == sorted(before + ["lit_model.pth"])
+    # the merged weights and their provenance record (h9): nothing else lands in the adapter's folder
+    assert json.loads(res.stdout)["outputs"] == [str(final / "lit_model.pth"), str(final / "ckpt-tool-provenance.json")]
+    assert sorted(p.name for p in final.iterdir()) == sorted(before + ["lit_model.pth", "ckpt-tool-provenance.json"])
     assert_bit_equal(torch.load(final / "lit_model.pth", weights_only=True), want)
     res = cli("merge", final, "--out", final)
     assert res.code == 6 and "merged already" in res.stderr

@@ -536,9 +536,12 @@ def test_refuses_keys_damaged_by_old_peft_name_stripping(simple):
         plan_for(b, a)
 
 
-def test_find_base(simple, tmp_path):
+def test_find_base(simple, tmp_path, monkeypatch):
     from ckpt_tool_peft.merge import find_base
 
+    from ckpt_tool.errors import NotFound
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     b, a = simple
     info = detect_adapter(a)
     info.details["config"]["base_model_name_or_path"] = str(b)
@@ -546,7 +549,8 @@ def test_find_base(simple, tmp_path):
     info.details["config"]["base_model_name_or_path"] = "../base"  # relative: tried from the adapter dir too
     assert find_base(info).resolve() == b.resolve()
     info.details["config"]["base_model_name_or_path"] = "meta-llama/Llama-3-8B"
-    assert find_base(info) is None
+    with pytest.raises(NotFound, match="'meta-llama/Llama-3-8B'.*not in the local Hugging Face cache"):
+        find_base(info)  # h9: a Hub id is looked up in the local cache; the error names it and --base
     info.details["config"]["base_model_name_or_path"] = None
     assert find_base(info) is None
 
@@ -571,7 +575,9 @@ def test_merge_operation_finds_local_base(tmp_path):
     assert summary["lora_modules"] == 4 and summary["replaced_tensors"] == ["lm_head.weight"]
     ref = reference(tmp_path, b, a, torch.bfloat16)
     assert_bit_equal(read_dir(out), ref)
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "generation_config.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "model.safetensors", "config.json", "generation_config.json", "ckpt-tool-provenance.json"
+    }
     merge(a, out=tmp_path / "merged_fp32", dtype="fp32")  # from_pretrained(base, dtype=fp32), then merge
     assert_bit_equal(read_dir(tmp_path / "merged_fp32"), reference(tmp_path / "r32", b, a, torch.float32))
     _edit_config(a, base_model_name_or_path="some-org/not-here")

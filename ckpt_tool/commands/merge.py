@@ -25,6 +25,20 @@ def _human(summary: dict) -> str:
             f"  {changed} modules changed; {t.get('written', 0)} tensors written ({t.get('copied', 0)} copied "
             f"unchanged, {t.get('converted', 0)} converted), {size}, {summary.get('seconds', 0):.2f} s"
         )
+    hp = summary.get("hyperparameters") or {}
+    if hp.get("given"):
+        lora = summary.get("lora") or {}
+        shown = [f"lora_alpha={lora.get('alpha')}"] if "alpha" in hp["given"] else []
+        flags = [g for g in hp["given"] if g not in ("alpha", "r")]
+        if flags:
+            shown.append("targets " + (",".join(g for g in flags if lora.get(g)) or "none"))
+        lines.append(f"  given on the command line: {'; '.join(shown)}")
+    base = summary.get("recorded_base") or {}
+    if base.get("resolved") and base.get("how") == "Hugging Face cache" and not base.get("base_given"):
+        lines.append(
+            f"  base {base.get('id')} found in the local Hugging Face cache ({base.get('revision') or 'main'} = "
+            f"commit {str(base.get('commit'))[:12]}, nothing downloaded)"
+        )
     dtypes = ", ".join(f"{k}: {v}" for k, v in summary.get("dtype", {}).items())
     if dtypes:
         lines.append(f"  output dtypes: {dtypes}")
@@ -46,6 +60,8 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and say what would be written; write nothing.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
         adapter_name: Annotated[str | None, typer.Option("--adapter", help="Which adapter of a multi-adapter PEFT dir.")] = None,
+        lora_alpha: Annotated[str | None, typer.Option("--lora-alpha", metavar="ALPHA", help="LitGPT adapters: the lora_alpha to merge with, overriding hyperparameters.yaml (for runs whose hyperparameters are lost). Refused for PEFT adapters: adapter_config.json decides.")] = None,
+        lora_targets: Annotated[str | None, typer.Option("--lora-targets", metavar="LIST", help="LitGPT adapters: the LoRA targets, e.g. query,value (of query, key, value, projection, mlp, head), overriding hyperparameters.yaml. Refused for PEFT adapters.")] = None,
     ) -> None:
         """Merge a LoRA adapter into its base model, bit-exact with the training library's own merge.
 
@@ -66,6 +82,8 @@ def register(app: typer.Typer) -> None:
             dry_run=dry_run,
             adapter_name=adapter_name,
             progress=not render.is_quiet() and not json_out,
+            lora_alpha=lora_alpha,
+            lora_targets=lora_targets,
         )
         for warning in summary.get("warnings", []):  # on stderr even with --quiet / --json: they change the result
             typer.echo(f"warning: {warning}", err=True)

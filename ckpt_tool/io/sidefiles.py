@@ -11,6 +11,7 @@ plugin, the one format that uses it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +61,51 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 GENERATION_CONFIG = "generation_config.json"
+#: Tokenizer files that hold a vocabulary: a directory with one of them has a complete tokenizer.
+VOCABULARY_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
-def travelling_files(directory: Path, names: tuple[str, ...] = (*TOKENIZER_FILES, GENERATION_CONFIG)) -> dict[str, Path]:
-    """The tokenizer / generation files present in ``directory`` (regular files only), by name."""
+def travelling_files(
+    directory: Path,
+    names: tuple[str, ...] = (*TOKENIZER_FILES, GENERATION_CONFIG),
+    links_within: Path | None = None,
+) -> dict[str, Path]:
+    """The tokenizer / generation files present in ``directory`` (regular files only), by name.
+
+    A symlink is taken only when ``links_within`` is given and the link resolves to a regular file
+    inside it (a Hugging Face cache snapshot links every file to ``../../blobs/``); any other link
+    could make a copied "tokenizer" whatever file the link names.
+    """
     out: dict[str, Path] = {}
+    root = os.path.realpath(links_within) if links_within is not None else None
     for name in names:
         p = directory / name
-        if p.is_file() and not p.is_symlink():
-            out[name] = p
+        if not p.is_file():
+            continue
+        if p.is_symlink():
+            real = os.path.realpath(p)
+            if root is None or os.path.commonpath([real, root]) != root:
+                continue
+        out[name] = p
+    return out
+
+
+def tokenizer_files(sources: list[tuple[Path, Path | None]]) -> dict[str, Path]:
+    """The tokenizer files of a new checkpoint, from ``sources`` in order of precedence
+    (``(directory, links_within)``, e.g. the adapter's folder, then the base model's).
+
+    File by file the first source wins, but no file is taken from a source after the first one that
+    holds a vocabulary (``VOCABULARY_FILES``): an adapter saved with its own complete tokenizer (added
+    tokens, a new chat template) is copied as it is, never topped up with the base's
+    ``chat_template.jinja`` or ``added_tokens.json``, which would silently replace what the model was
+    fine-tuned with; an adapter folder holding only a ``chat_template.jinja`` still overrides the
+    base's template.
+    """
+    out: dict[str, Path] = {}
+    for directory, links in sources:
+        found = travelling_files(directory, TOKENIZER_FILES, links)
+        for name, path in found.items():
+            out.setdefault(name, path)
+        if any(n in found for n in VOCABULARY_FILES):
+            break
     return out

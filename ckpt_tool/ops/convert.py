@@ -195,6 +195,7 @@ def convert(
         plan = container_plan(info, options, out)
     else:
         plan, extra = convention_plan(info, options, out)
+    plan.provenance = {"operation": "convert", "convert": {"to": to, **({"dtype": options.dtype} if options.dtype else {})}}
     target = engine.resolve(plan)
     report = engine.execute(plan, force=force, dry_run=dry_run, progress=progress, label="converting", target=target)
     summary: dict[str, Any] = {

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import Refused, Unsupported
+from ckpt_tool.errors import Refused, Unsupported, from_os_error
+from ckpt_tool.io import provenance
 from ckpt_tool.io.atomic import atomic_write, clean_stale_temps
 from ckpt_tool.io.malloc import release_large_blocks
 from ckpt_tool.io.tensors import TensorReader, torch_dtype
@@ -61,6 +62,8 @@ class Target:
     files: list[FilePlan]
     file_sinks: list[str]  # the sink each file belongs to
     outs: dict[tuple[str, str], Out]
+    #: the provenance file of each output directory of a directory layout (its data is filled by ``execute``)
+    prov: dict[Path, SideFile] = field(default_factory=dict)
 
     def weights(self) -> list[Path]:
         return [f.path for f in self.files]
@@ -73,7 +76,12 @@ class Target:
             out.extend((root / s.name, s) for s in lf.index)
         for name, sink in plan.sinks.items():
             root = _sink_dir(plan, name)
-            out.extend((root / s.name, s) for s in sink.side_files if not _same_file(s.src, root / s.name))
+            out.extend(
+                (root / s.name, s)
+                for s in sink.side_files
+                if not _same_file(s.src, root / s.name) and not (s.name == provenance.FILE and root in self.prov)
+            )
+        out.extend((d / provenance.FILE, s) for d, s in self.prov.items())  # last: it describes everything above
         return out
 
     def stale(self) -> list[Path]:
@@ -132,7 +140,8 @@ def resolve(plan: TransformPlan) -> Target:
         unplaced = [o.name for o in by_sink[name] if (name, o.name) not in place]
         if unplaced:
             raise Unsupported(f"layout {sink.layout!r} gives no file to {unplaced[0]!r} (plugin bug)")
-    return Target(sinks, place, files, file_sinks, {(o.sink, o.name): o for o in outs})
+    prov = {sink.path: SideFile(provenance.FILE) for sink in plan.sinks.values() if get_layout(sink.layout).target == "dir"}
+    return Target(sinks, place, files, file_sinks, {(o.sink, o.name): o for o in outs}, prov)
 
 
 def input_files(plan: TransformPlan) -> set[str]:
@@ -162,13 +171,45 @@ def check_outputs(plan: TransformPlan, target: Target, force: bool) -> list[Path
             f"output path {not_files[0]} exists and is not a regular file (a directory?)",
             "remove it or choose another --out; --force only replaces files",
         )
-    existing = [str(p) for p in paths if os.path.lexists(p)] + [str(p) for p in stale]
+    mine = {str(d / provenance.FILE) for d in target.prov}
+    existing = [str(p) for p in paths if os.path.lexists(p) and (str(p) not in mine or _foreign(p))]
+    existing += [str(p) for p in stale]
     if existing and not force:
         raise Refused(
             f"output already exists: {', '.join(existing[:4])}" + (" …" if len(existing) > 4 else ""),
             "pass --force to overwrite, or choose another --out",
         )
     return stale
+
+
+def _foreign(path: Path) -> bool:
+    """An existing provenance file that is not ours to update (unreadable as one): only ``--force`` replaces it.
+    A readable one is updated in place: the entries of the directory's other checkpoints are kept."""
+    return provenance.entries_to_keep(path.parent, set()) is None
+
+
+def fill_provenance(plan: TransformPlan, target: Target, label: str) -> dict[str, Any]:
+    """Build the plan's provenance record (fingerprints the inputs) and put it where the layouts keep it:
+    every safetensors file's ``__metadata__`` and the provenance file of each output directory."""
+    spec = dict(plan.provenance or {})
+    operation = str(spec.pop("operation", "") or label)
+    try:
+        record = provenance.build(operation, plan.inputs, spec)
+    except OSError as exc:
+        raise from_os_error(exc, "reading an input to record its provenance") from None
+    text = provenance.header_text(record)
+    for fp in target.files:
+        if fp.container == "safetensors":
+            fp.metadata = {**(fp.metadata or {}), provenance.KEY: text}
+    for d, side in target.prov.items():
+        outputs = []
+        for fp, sink in zip(target.files, target.file_sinks):
+            if fp.path.parent == d:
+                outs = [target.outs[(sink, n)] for n in fp.names]
+                outputs.append(provenance.output_entry(fp.path.name, ((o.name, o.dtype, o.shape, o.nbytes) for o in outs)))
+        keep = provenance.entries_to_keep(d, {o["file"] for o in outputs}) or []
+        side.data = provenance.file_bytes(record, outputs, keep)
+    return record
 
 
 def _not_a_file(path: Path) -> bool:
@@ -347,6 +388,7 @@ def execute(
 
     cleaned = [p for d in sorted({p.parent for p in target.all_paths(plan)}) if d.is_dir() for p in clean_stale_temps(d)]
     report.removed_temps = [str(p) for p in cleaned]
+    fill_provenance(plan, target, label)
     release_large_blocks()
     index = {(role, t.name): t for role, info in plan.inputs.items() for t in info.tensors}
     reader = TensorReader()

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ckpt_tool.errors import NotFound
+from ckpt_tool.io import provenance
 from ckpt_tool.io.container import Probe
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.plugins import get_plugin_manager
@@ -32,6 +33,7 @@ def detect(path: str | os.PathLike[str], probe: Probe | None = None) -> Checkpoi
             f"{p}: no plugin recognises this {what}",
             "run 'ckpt-tool plugins' to see the formats understood here",
         )
+    provenance.attach(info, probe)  # for every format: safetensors headers, or the file beside the weights
     return info
 
 

@@ -20,18 +20,20 @@ records this adapter's fingerprint (every safetensors merge output does, under
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import CkptError, NotFound, Refused, Unsupported, UsageError
+from ckpt_tool.io import provenance
 from ckpt_tool.io.container import Probe
+from ckpt_tool.io.fingerprint import fingerprint, same_content
+from ckpt_tool.io.sidefiles import TOKENIZER_FILES
 from ckpt_tool.io.writers import parse_size
 from ckpt_tool.model import CheckpointInfo
 from ckpt_tool.ops import engine
-from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan
+from ckpt_tool.ops.merge_plan import Change, MergeOptions, MergePlan, parse_lora_alpha, parse_lora_targets
 from ckpt_tool.ops.transform import Out, Read, SideFile, Sink, Step, TransformPlan, copy_step
 
 if TYPE_CHECKING:
@@ -40,9 +42,6 @@ if TYPE_CHECKING:
 DEFAULT_SHARD = "5GB"
 #: safetensors ``__metadata__`` key of a merge output: the fingerprint of the adapter merged into it.
 MERGE_MARK = "ckpt_tool.merged_adapter"
-#: Files up to this size are fingerprinted whole; larger ones by ``_SAMPLES`` evenly spaced blocks.
-_FULL_HASH_BYTES = 4 << 20
-_SAMPLES, _SAMPLE_BYTES = 16, 64 << 10
 LAYOUTS = ("lit", "hf")
 SINK = "out"
 
@@ -135,8 +134,24 @@ def build_plan(adapter_path: Path, options: MergeOptions, probe: Probe | None = 
         )
     if not plan.identity:
         plan.identity = sorted({Path(t.file) for t in plan.adapter_tensors.values()} | {Path(f) for f in adapter.files})
+    _check_overrides_taken(plan, options)
     _refuse_own_output(plan, base_path, probe)
     return plan
+
+
+def _check_overrides_taken(plan: MergePlan, options: MergeOptions) -> None:
+    """A plugin that ignored ``--lora-alpha`` / ``--lora-targets`` would merge with other values than the
+    user asked for: refuse unless the plan says it used them."""
+    hp = plan.summary.get("hyperparameters")
+    given = set(hp.get("given") or []) if isinstance(hp, dict) else set()
+    missing = [o for o in options.overrides if (o == "--lora-alpha" and "alpha" not in given)
+               or (o == "--lora-targets" and not given - {"alpha", "r"})]
+    if missing:
+        raise UsageError(
+            f"{' and '.join(missing)} cannot be applied to this {plan.adapter.format} adapter (its plugin does not "
+            "take hyperparameters from the command line)",
+            "leave the option out; the adapter's own config decides",
+        )
 
 
 def _twice(base_path: Path, why: str) -> Refused:
@@ -147,45 +162,15 @@ def _twice(base_path: Path, why: str) -> Refused:
     )
 
 
-def _digest_file(path: Path, h: Any) -> None:
-    with open(path, "rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        h.update(f"{size}\0".encode())
-        if size <= _FULL_HASH_BYTES:
-            h.update(fh.read(size))
-            return
-        for i in range(_SAMPLES):
-            fh.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
-            h.update(fh.read(_SAMPLE_BYTES))
-
-
-def fingerprint(paths: list[Path]) -> str:
-    """A cheap identity of an adapter's files (at most ~1 MB read per file past 4 MB): sha256 over each
-    file's size and content, or evenly spaced samples of it. Trained weights differ everywhere, so two
-    different adapters (or one adapter with another scale in its config) never share a fingerprint."""
-    h = hashlib.sha256(b"ckpt-tool adapter fingerprint v1\0")
-    for p in paths:
-        _digest_file(p, h)
-    return h.hexdigest()
-
-
-def _same_content(copy: Path, original: Path) -> bool:
-    """Whether ``copy`` (another file) holds the same bytes as ``original``, by size then fingerprint."""
-    try:
-        if os.path.samefile(copy, original) or copy.stat().st_size != original.stat().st_size:
-            return False
-        return fingerprint([copy]) == fingerprint([original])
-    except OSError:
-        return False
-
-
 def _refuse_own_output(plan: MergePlan, base_path: Path, probe: Probe) -> None:
     """Refuse a base that is this adapter's merge output, by path and by (cheap) content.
 
     * a base file in one of the adapter's folders: LitGPT writes ``final/lit_model.pth`` beside the
       adapter, and a PEFT folder holding model weights loads as base + adapter;
     * a base folder holding a copy of one of the adapter's files (``cp -r final/ merged/``);
-    * a safetensors base whose header records this adapter's fingerprint (ckpt-tool's merge output).
+    * a safetensors base whose header records this adapter's fingerprint (ckpt-tool's merge output);
+    * a base whose provenance record (safetensors header, or the provenance file beside torch-zip
+      weights) names a merge of this adapter anywhere in its history (a conversion of the merge too).
     """
     own_dirs = {os.path.realpath(p.parent) for p in plan.identity}
     own_dirs |= {os.path.realpath(os.path.dirname(f)) for f in plan.adapter.files}
@@ -197,10 +182,13 @@ def _refuse_own_output(plan: MergePlan, base_path: Path, probe: Probe) -> None:
     for d in sorted({os.path.dirname(f) for f in base_files}):
         for mine in plan.identity:
             twin = Path(d) / mine.name
-            if twin.is_file() and _same_content(twin, mine):
+            if twin.is_file() and same_content(twin, mine):
                 raise _twice(base_path, f"its folder holds a copy of the adapter's {mine.name}")
     fp = fingerprint(plan.identity)
     plan.summary.setdefault("adapter_fingerprint", fp)
+    if fp in provenance.merged_adapters(plan.base.provenance):
+        where = "the record in its safetensors header" if plan.base.container == "safetensors" else provenance.FILE
+        raise _twice(base_path, f"its provenance ({where}) records a merge of this adapter")
     for f in base_files:
         try:
             meta = probe.container(f).metadata
@@ -314,6 +302,9 @@ def converted_plan(plan: MergePlan, sink: Sink, dtype: str | None) -> tuple[Tran
     view = pm.hook.ckpt_to_hub(source=info, options=options)
     if view is None:
         raise Unsupported(f"no plugin converts a merged {plan.base.format} model to {sink.layout}")
+    tokenizer = {f.name: f for f in plan.copy_files if f.name in TOKENIZER_FILES}
+    if tokenizer:  # the merge's choice (the adapter's tokenizer first) replaces the base's, as a whole
+        view.files = {**{k: v for k, v in view.files.items() if k not in TOKENIZER_FILES}, **tokenizer}
     result = pm.hook.ckpt_from_hub(view=view, layout=sink.layout, options=options)
     if result is None:
         raise Unsupported(f"no plugin writes a model in the {sink.layout!r} layout")
@@ -322,6 +313,22 @@ def converted_plan(plan: MergePlan, sink: Sink, dtype: str | None) -> tuple[Tran
     out_sink = Sink(sink.layout, sink.path, {**sink.options, **result.options}, result.side_files)
     tplan = TransformPlan({"base": plan.base, "adapter": adapter}, steps, {SINK: out_sink}, dict(plan.summary))
     return tplan, {**result.summary, "converted_to": sink.layout}
+
+
+#: Summary keys of a merge plan that go into the provenance record's ``merge`` section (when present).
+_RECORDED = (
+    "adapter_fingerprint", "adapter_name", "peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "scales",
+    "lora", "hyperparameters", "assumed", "load_dtype", "dtype_source", "compute_dtype", "out_dtype",
+    "recorded_base", "reference",
+)
+
+
+def _merge_record(plan: MergePlan, sink: Sink) -> dict[str, Any]:
+    """What a merge adds to the provenance record: the adapter's identity, its scale(s) and where r/alpha
+    came from (recorded, assumed, given on the command line), the dtype rule."""
+    out: dict[str, Any] = {"convention": plan.adapter.format, "adapter_type": plan.adapter.adapter_type, "to": sink.layout}
+    out.update({k: plan.summary[k] for k in _RECORDED if k in plan.summary})
+    return out
 
 
 def _itemsize(dtype: str) -> int:
@@ -341,8 +348,14 @@ def merge(
     dry_run: bool = False,
     adapter_name: str | None = None,
     progress: bool = False,
+    lora_alpha: str | None = None,
+    lora_targets: str | None = None,
 ) -> dict[str, Any]:
     """Merge the adapter at ``adapter_path`` into its base; returns the JSON summary.
+
+    ``lora_alpha`` / ``lora_targets`` (``--lora-alpha 16``, ``--lora-targets query,value``) replace the
+    adapter's recorded hyperparameters where the format allows it (LitGPT adapters whose
+    hyperparameters.yaml is lost or wrong); PEFT adapters refuse them.
 
     Raises ``Refused`` (nothing written) for incompatible inputs, outputs that
     exist without ``force``, or outputs that would replace an input file.
@@ -353,6 +366,8 @@ def merge(
         adapter_name=adapter_name,
         base=base,
         extra={"out": out, "force": force, "to": to},
+        lora_alpha=parse_lora_alpha(lora_alpha),
+        lora_targets=parse_lora_targets(lora_targets),
     )
     plan = build_plan(adapter_path, options)
     sink = decide_sink(plan, out, to, max_shard_size)
@@ -361,6 +376,7 @@ def merge(
         tplan = transform_plan(plan, sink)
     else:
         tplan, extra = converted_plan(plan, sink, options.out_dtype)
+    tplan.provenance = {"operation": "merge", "merge": _merge_record(plan, sink)}
     target = engine.resolve(tplan)
     outs = tplan.outs()
     summary: dict[str, Any] = {

@@ -45,6 +45,11 @@ class MergeOptions:
     dtype: str = "auto"  # "auto", or any spelling of bf16 / fp16 / fp32; stored as "auto" | "BF16" | "F16" | "F32"
     adapter_name: str | None = None  # PEFT multi-adapter dirs
     base: Path | None = None  # --base, if given
+    #: ``--lora-alpha`` / ``--lora-targets``: hyperparameters given on the command line for adapters whose
+    #: own record of them is lost (LitGPT); they take precedence over the record. A plugin that takes them
+    #: lists them in ``summary["hyperparameters"]["given"]``; one that does not must refuse them.
+    lora_alpha: int | float | None = None
+    lora_targets: tuple[str, ...] | None = None
     # Also set by ``merge``: "out" (Path | None, --out), "force" (bool, --force), "format" (str | None).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -55,6 +60,11 @@ class MergeOptions:
             if name is None:
                 raise UsageError(f"unknown --dtype {self.dtype!r}", "use auto, bf16, fp16 or fp32")
             self.dtype = name
+
+    @property
+    def overrides(self) -> list[str]:
+        """The command-line options given for LoRA hyperparameters (for messages)."""
+        return [o for o, v in (("--lora-alpha", self.lora_alpha), ("--lora-targets", self.lora_targets)) if v is not None]
 
     @property
     def out_dtype(self) -> str | None:
@@ -108,6 +118,38 @@ class MergePlan:
     warnings: list[str] = field(default_factory=list)
     protected_dirs: list[Path] = field(default_factory=list)
     identity: list[Path] = field(default_factory=list)
+
+
+def parse_lora_alpha(text: str | None) -> int | float | None:
+    """``--lora-alpha``: a finite positive number up to ``MAX_LORA_SCALE`` (an integer stays an int, as
+    YAML would read it); ``UsageError`` (exit 2) otherwise."""
+    if text is None:
+        return None
+    t = str(text).strip()
+    try:
+        value: int | float = int(t) if t.isdigit() and len(t) <= 18 else float(t)
+    except ValueError:
+        raise UsageError(f"--lora-alpha {text!r} is not a number", "e.g. --lora-alpha 16") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_LORA_SCALE:
+        raise UsageError(
+            f"--lora-alpha {text!r}: must be a finite number > 0 and at most {MAX_LORA_SCALE:g}",
+            "pass the lora_alpha the adapter was trained with, e.g. --lora-alpha 16",
+        )
+    return value
+
+
+def parse_lora_targets(text: str | None) -> tuple[str, ...] | None:
+    """``--lora-targets query,value``: comma-separated names (``lora_`` prefix optional), in order, once
+    each. Which names exist is the adapter's plugin's knowledge (LitGPT: its lora_* flags)."""
+    if text is None:
+        return None
+    names = [n.strip().lower().removeprefix("lora_") for n in str(text).split(",")]
+    if not str(text).strip() or any(not n for n in names):
+        raise UsageError(
+            f"--lora-targets {text!r}: give a comma-separated list of the LoRA targets",
+            "e.g. --lora-targets query,value (LitGPT: query, key, value, projection, mlp, head)",
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _is_number(v: Any) -> bool:

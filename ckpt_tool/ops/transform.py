@@ -113,12 +113,19 @@ class Sink:
 
 @dataclass
 class TransformPlan:
-    """Everything the engine needs; built by a command and its plugins, never by reading tensor bytes."""
+    """Everything the engine needs; built by a command and its plugins, never by reading tensor bytes.
+
+    ``provenance``: what the command adds to the provenance record the engine writes into every
+    output (``ckpt_tool.io.provenance``): ``"operation"`` ("merge", "convert", "split"...; default: the
+    engine's ``label``) and sections of its own (``"merge": {...}``). The engine adds the tool, the
+    inputs (paths, fingerprints, their own provenance) and the outputs.
+    """
 
     inputs: dict[str, CheckpointInfo]
     steps: list[Step]
     sinks: dict[str, Sink]
     summary: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] | None = None
 
     def outs(self, sink: str | None = None) -> list[Out]:
         return [o for s in self.steps for o in s.outs if sink is None or o.sink == sink]

@@ -33,11 +33,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import InvalidFile, NotFound, Refused
+from ckpt_tool.errors import InvalidFile, NotFound, Refused, UsageError
 from ckpt_tool.io.container import read_container
 from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
-from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan, lora_scale
+from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan, lora_scale, scale_problem
 from ckpt_tool_lit.config import HYPERPARAMETERS, MODEL_CONFIG
+from ckpt_tool_lit.detect import LORA_FLAGS
 from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.keys import lora_modules, module_kind
 
@@ -234,6 +235,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             if a is not None and b is not None and a != b:
                 problems.add(f"model_config.yaml {key}: adapter {a}, base {b}")
 
+    given, override_warnings = _apply_overrides(lora, options)
     alpha = lora.get("alpha")
     r_cfg = lora.get("r")
     r_seen = {adapter_tensors[f"{m}.lora_B"].shape[-1] for m in modules if f"{m}.lora_B" in adapter_tensors}
@@ -252,19 +254,26 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         )
     if alpha is None:
         raise Refused(
-            f"{adapter.path}: lora_alpha is unknown (no hyperparameters.yaml next to the adapter); the scale alpha/r "
-            "cannot be read from the tensors",
-            "restore hyperparameters.yaml from the training run (old LitGPT defaults were r=8, alpha=16)",
+            f"{adapter.path}: lora_alpha is unknown ("
+            + ("hyperparameters.yaml does not record it" if hp_file.is_file() else "no hyperparameters.yaml next to the adapter")
+            + "); the scale alpha/r cannot be read from the tensors",
+            "restore hyperparameters.yaml from the training run, or pass the value used in training with "
+            "--lora-alpha (old LitGPT defaults were r=8, alpha=16)",
         )
     if not isinstance(r_cfg, int) or r_cfg <= 0:
         raise Refused(f"{adapter.path}: invalid lora_r {r_cfg!r} in hyperparameters.yaml")
     r = r_cfg
+    if "alpha" in given:
+        problem = scale_problem(alpha, r)
+        if problem:
+            raise UsageError(f"--lora-alpha {alpha}: {problem} (r={r} from the adapter)", "pass the lora_alpha used in training")
     scaling = lora_scale(alpha, r, where=str(hp_file))  # LitGPT: lora_alpha / r
     if has_qkv and any(lora.get(f) is None for f in ("query", "key", "value")):
         raise Refused(
             f"{adapter.path}: cannot tell which of query/key/value the attn.qkv LoRA covers (no "
             "hyperparameters.yaml records lora_query/lora_key/lora_value and the shapes fit several choices)",
-            "restore hyperparameters.yaml from the training run (the old lit-gpt default was query+value)",
+            "restore hyperparameters.yaml from the training run, or name the targets with --lora-targets "
+            "(e.g. query,value: the old lit-gpt default)",
         )
     enable = (_flag(lora, "query"), _flag(lora, "key"), _flag(lora, "value"))
     flags = {"projection": _flag(lora, "projection"), "mlp": _flag(lora, "mlp"), "head": _flag(lora, "head")}
@@ -406,8 +415,13 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         "compute_dtype": DTYPE_NAMES.get(lora_dtype, lora_dtype),
         "base_wrapper": base.wrapper,
     }
-    warnings = []
-    assumed = list(lora.get("assumed") or [])
+    warnings = list(override_warnings)
+    assumed = [a for a in lora.get("assumed") or [] if a not in given]
+    summary["hyperparameters"] = {
+        "source": lora.get("source") or "tensors",
+        **({"given": given} if given else {}),
+        **({"assumed": assumed} if assumed else {}),
+    }
     if assumed:
         summary["assumed"] = assumed
         warnings.append(
@@ -434,6 +448,44 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         protected_dirs=[adapter_dir],
         identity=identity,
     )
+
+
+def _apply_overrides(lora: dict[str, Any], options: MergeOptions) -> tuple[list[str], list[str]]:
+    """``--lora-alpha`` / ``--lora-targets`` replace what hyperparameters.yaml records (or lacks) in
+    ``lora``; returns the names given and warnings for recorded values they change."""
+    given: list[str] = []
+    warnings: list[str] = []
+    assumed = set(lora.get("assumed") or [])
+    recorded = lora.get("source") not in (None, "tensors")
+    if options.lora_targets is not None:
+        unknown = [t for t in options.lora_targets if t not in LORA_FLAGS]
+        if unknown:
+            raise UsageError(
+                f"--lora-targets: {', '.join(map(repr, unknown))} is not a LitGPT LoRA target",
+                f"use a comma-separated list of {', '.join(LORA_FLAGS)}",
+            )
+        changed = []
+        for flag in LORA_FLAGS:
+            value = flag in options.lora_targets
+            if recorded and isinstance(lora.get(flag), bool) and lora[flag] != value and flag not in assumed:
+                changed.append(f"lora_{flag}={str(lora[flag]).lower()}")
+            lora[flag] = value
+            given.append(flag)
+        if changed:
+            warnings.append(
+                f"--lora-targets {','.join(options.lora_targets)} replaces what {lora.get('source')} records "
+                f"({', '.join(changed)}): the merge uses the command line"
+            )
+    if options.lora_alpha is not None:
+        rec = lora.get("alpha")
+        if recorded and rec is not None and rec != options.lora_alpha and "alpha" not in assumed:
+            warnings.append(
+                f"--lora-alpha {options.lora_alpha} replaces lora_alpha={rec} recorded in {lora.get('source')}: "
+                "the merge uses the command line"
+            )
+        lora["alpha"] = options.lora_alpha
+        given.insert(0, "alpha")
+    return given, warnings
 
 
 def _assumed_text(name: str, lora: dict[str, Any]) -> str:

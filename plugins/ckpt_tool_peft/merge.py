@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import InvalidFile, NotFound, Refused, Unsupported
+from ckpt_tool.errors import InvalidFile, NotFound, Refused, Unsupported, UsageError
 from ckpt_tool.io.container import read_container
 from ckpt_tool.io.tensors import Scratch, torch_dtype
 from ckpt_tool.model import CheckpointInfo, TensorInfo
@@ -123,17 +123,16 @@ _TUNER_MARKERS = re.compile(
 # --------------------------------------------------------------------------------------------- base
 
 
-def find_base(adapter: CheckpointInfo) -> Path | None:
-    """The base model named in ``adapter_config.json`` if it is an existing local model dir.
-
-    PEFT passes ``base_model_name_or_path`` to ``from_pretrained``, which treats it as a local path
-    first (relative to the working directory). A Hub id is never downloaded: merge is offline and
-    the user must give ``--base``.
-    """
+def _recorded(adapter: CheckpointInfo) -> tuple[str | None, str | None]:
+    """``base_model_name_or_path`` and ``revision`` of adapter_config.json (None when absent or not text)."""
     config = (adapter.details or {}).get("config") or {}
     name = config.get("base_model_name_or_path")
-    if not isinstance(name, str) or not name.strip():
-        return None
+    revision = config.get("revision")
+    name = name.strip() if isinstance(name, str) and name.strip() else None
+    return name, revision if isinstance(revision, str) and revision else None
+
+
+def _local_base(adapter: CheckpointInfo, name: str) -> Path | None:
     candidates = [Path(name).expanduser()]
     adapter_dir = _adapter_root(adapter)
     if not candidates[0].is_absolute() and adapter_dir is not None:
@@ -142,6 +141,162 @@ def find_base(adapter: CheckpointInfo) -> Path | None:
         if cand.is_dir() and (cand / "config.json").is_file():
             return cand
     return None
+
+
+def locate_recorded_base(adapter: CheckpointInfo) -> dict[str, Any] | None:
+    """Where the base named in adapter_config.json is here, the way ``from_pretrained`` would find it
+    offline: a local directory (relative to the working directory, then to the adapter), else the
+    snapshot of that Hub id in the local Hugging Face cache (``ckpt_tool.io.hfcache``; never downloads).
+
+    Returns ``{"id", "revision"?, "resolved": path | None, "how", "commit"?, "cache"?}``, or None when
+    nothing is recorded.
+    """
+    from ckpt_tool.io import hfcache
+
+    name, revision = _recorded(adapter)
+    if name is None:
+        return None
+    out: dict[str, Any] = {"id": name, "resolved": None, "how": None}
+    if revision:
+        out["revision"] = revision
+    local = _local_base(adapter, name)
+    if local is not None:
+        out.update(resolved=str(local), how="local path")
+        return out
+    if hfcache.is_repo_id(name):
+        out["cache"] = str(hfcache.cache_dir())
+        if revision and not hfcache.valid_revision(revision):
+            out["how"] = "invalid revision"
+            return out
+        snap = hfcache.resolve(name, revision)
+        if snap is not None:
+            out.update(resolved=str(snap.path), how="Hugging Face cache", commit=snap.commit)
+    return out
+
+
+def find_base(adapter: CheckpointInfo) -> Path | None:
+    """The base model named in ``adapter_config.json``: a local model dir, or its Hub id's snapshot in
+    the local Hugging Face cache.
+
+    PEFT passes ``base_model_name_or_path`` to ``from_pretrained``, which treats it as a local path
+    first (relative to the working directory), then as a Hub id. A Hub id is never downloaded: merge
+    is offline, and when the model is not cached the error names the recorded id and ``--base``.
+    """
+    found = locate_recorded_base(adapter)
+    if found is None:
+        return None
+    if found["resolved"]:
+        return Path(found["resolved"])
+    name = found["id"]
+    at = f" at revision {found['revision']!r}" if found.get("revision") else ""
+    if found.get("how") == "invalid revision":
+        raise NotFound(
+            f"the adapter's base model {name!r} is recorded with revision {found['revision']!r:.80}, which is not a "
+            "branch, tag or commit name (adapter_config.json revision)",
+            "pass the base model directory with --base PATH",
+        )
+    if "cache" in found:
+        raise NotFound(
+            f"the adapter's base model {name!r}{at} (adapter_config.json base_model_name_or_path) is not a local "
+            f"directory and is not in the local Hugging Face cache ({found['cache']}; HF_HUB_CACHE / HF_HOME "
+            "choose it); ckpt-tool never downloads",
+            f"download it first (e.g. 'hf download {name}'), or pass the base model directory with --base PATH",
+        )
+    raise NotFound(
+        f"the adapter's base model {name!r:.300} (adapter_config.json base_model_name_or_path) does not exist here",
+        "pass the base model directory with --base PATH",
+    )
+
+
+def _weights_identity(directory: Path, files: list[str] | None = None) -> list[tuple[str, str]]:
+    """(name, fingerprint) of a model directory's weights files, sorted: two copies of one model agree."""
+    from ckpt_tool.io.fingerprint import file_fingerprint
+
+    if files is None:
+        try:
+            files = sorted(
+                str(p) for p in directory.iterdir() if p.is_file() and p.name.endswith((".safetensors", ".bin"))
+            )
+        except OSError:
+            return []
+    out = []
+    for f in sorted(files, key=os.path.basename):
+        try:
+            out.append((os.path.basename(f), file_fingerprint(f)))
+        except OSError:
+            return []
+    return out
+
+
+def compare_with_recorded(
+    adapter: CheckpointInfo, base: CheckpointInfo, base_config: dict[str, Any]
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """``--base`` against the base adapter_config.json records: (facts for the summary, warnings).
+
+    When the recorded base resolves here, a ``--base`` elsewhere is compared by its weights files
+    (names + sampled fingerprints: a copy of the same model agrees) and by config.json
+    (``architectures`` / ``model_type``). When it does not, a config.json ``_name_or_path`` (written
+    by transformers < 5) that names another model is reported.
+    """
+    found = locate_recorded_base(adapter)
+    if found is None:
+        return None, []
+    found = {**found, "base_given": True}
+    name = found["id"]
+    bdir = _base_dir(base)
+    resolved = found.get("resolved")
+    if resolved:
+        if _same_dir(Path(resolved), bdir):
+            found["matches"] = True
+            return found, []
+        mine = _weights_identity(bdir, list(base.files))
+        theirs = _weights_identity(Path(resolved))
+        if not mine or not theirs:
+            found["matches"] = None  # e.g. only the recorded model's config.json is cached: nothing to compare
+            return found, []
+        if mine == theirs:
+            found["matches"] = True  # a copy of the recorded base
+            return found, []
+        found["matches"] = False
+        other: dict[str, Any] = {}
+        try:
+            from ckpt_tool_safetensors.detect import read_config
+
+            other = read_config(Path(resolved)) or {}
+        except Exception:  # noqa: BLE001 - the recorded base is only used for this comparison
+            other = {}
+        keys = ("architectures", "model_type")
+        differ = [k for k in keys if other.get(k) != base_config.get(k)]
+        if differ:
+            what = "; ".join(f"{k} {base_config.get(k)!r:.80} vs {other.get(k)!r:.80}" for k in differ)
+            cfg = f"their config.json differ too ({what})"
+        else:
+            cfg = (
+                "their config.json agree on the architecture, so --base may be another fine-tune or revision of "
+                "the same model"
+            )
+        return found, [
+            f"--base {base.path} is not the base model this adapter records: adapter_config.json names {name!r:.200}, "
+            f"which is here at {resolved} ({found['how']}), and the two hold different weights; {cfg}. The merge "
+            "adds the adapter's delta to the weights given with --base - if they are not the ones it was trained "
+            "on, the merged model is wrong"
+        ]
+    found["matches"] = None
+    claimed = base_config.get("_name_or_path")
+    if (
+        isinstance(claimed, str)
+        and claimed.strip()
+        and claimed.strip() != name
+        and not Path(claimed).expanduser().is_absolute()
+        and not claimed.startswith(".")
+    ):
+        found["matches"] = False
+        return found, [
+            f"--base {base.path} is not the base model this adapter records: adapter_config.json names {name!r:.200}, "
+            f"but the base's config.json says it was saved from {claimed!r:.200} (_name_or_path); if that is not the "
+            "model the adapter was trained on, the merged model is wrong"
+        ]
+    return found, []
 
 
 # ------------------------------------------------------------------------------------------ adapter
@@ -577,6 +732,13 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
 
     All problems are collected and raised together in one ``Refused``, before anything is written.
     """
+    if options.overrides:
+        raise UsageError(
+            f"{' and '.join(options.overrides)} cannot be used with a PEFT adapter: its adapter_config.json records "
+            "lora_alpha, r and target_modules, and PEFT merges with exactly those (the command line cannot know "
+            "better than the file the adapter was saved with)",
+            "leave the option out; if adapter_config.json really is wrong, fix it there (keep a copy)",
+        )
     ad = _load_adapter(adapter, options)
     cfg = ad.config
     problems: list[str] = []
@@ -864,6 +1026,11 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
 
     bdir = _base_dir(base)
     copy_files = [bdir / f for f in ("config.json", "generation_config.json") if (bdir / f).is_file()]
+    copy_files += tokenizer_sources(adapter, ad, bdir).values()
+    recorded_base, base_warnings = (
+        compare_with_recorded(adapter, base, base_config) if options.base is not None else (locate_recorded_base(adapter), [])
+    )
+    warnings += base_warnings
     scales = sorted({m.scaling for m in modules.values()})
     summary = {
         "adapter_name": ad.name,
@@ -884,7 +1051,10 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         "load_dtype": load_dt,
         "dtype_source": dt_source,
         "reference": "peft merge_and_unload (bit-identical)",
+        "hyperparameters": {"source": "adapter_config.json"},
     }
+    if recorded_base is not None:
+        summary["recorded_base"] = recorded_base
     return MergePlan(
         base=base,
         adapter=adapter,
@@ -898,6 +1068,22 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         protected_dirs=_adapter_dirs(adapter),
         identity=[ad.weights, ad.dir / CONFIG_NAME],
     )
+
+
+def tokenizer_sources(adapter: CheckpointInfo, ad: _Adapter, base_dir: Path) -> dict[str, Path]:
+    """The tokenizer (and chat template) of the merged model: the adapter's own folder first, then the
+    save root (Trainer writes the tokenizer there), then the base (``sidefiles.tokenizer_files``). A base in
+    the Hugging Face cache links its files into the cache's blobs, which is allowed for that folder only."""
+    from ckpt_tool.io import hfcache
+    from ckpt_tool.io.sidefiles import tokenizer_files
+
+    dirs = [ad.dir]
+    root = _adapter_root(adapter)
+    if root is not None and not _same_dir(root, ad.dir):
+        dirs.append(root)
+    sources: list[tuple[Path, Path | None]] = [(d, None) for d in dirs]
+    sources.append((base_dir, hfcache.repo_root(base_dir)))
+    return tokenizer_files(sources)
 
 
 def _adapter_dirs(adapter: CheckpointInfo) -> list[Path]:
