@@ -52,3 +52,10 @@ def ckpt_register_layouts(register: Any) -> None:
             "adapter_model.safetensors",
         )
     )
+
+
+@hookimpl
+def ckpt_split_adapter(source: Any, options: Any) -> Any:
+    from ckpt_tool_peft.split import plan_split
+
+    return plan_split(source, options)
