@@ -232,7 +232,9 @@ def test_force_replaces_and_removes_stale_shards(tmp_path, cli):
     sd = _model_sd()
     save_file(sd, tmp_path / "m.safetensors")
     out = tmp_path / "out"
-    assert cli("split", tmp_path / "m.safetensors", "--max-shard-size", "2KB", "--out", out).code == 0
+    res = cli("split", tmp_path / "m.safetensors", "--max-shard-size", "2KB", "--out", out)
+    assert res.code == 0 and "shards of at most 2,000 bytes" in res.stdout and "wrote" in res.stdout
+    assert cli("split", tmp_path / "m.safetensors", "--max-shard-size", "2KB", "--out", tmp_path / "q", "--quiet").stdout == ""
     before = _snapshot(out)
     res = cli("split", tmp_path / "m.safetensors", "--max-shard-size", "0", "--out", out)
     assert res.code == 6 and "--force" in res.stderr and _snapshot(out) == before

@@ -32,10 +32,14 @@ def _human(s: dict[str, Any]) -> str:
                 f"{lora.get('modules')} modules, targets: {targets}"
             )
     else:
-        head = "would shard" if dry else "sharded"
         limit = s.get("max_shard_size")
-        how = "one file" if not limit else f"shards of at most {render.human_bytes(limit)}"
-        lines = [f"{head} {s['source_format']} {s['kind']} {s['source']} into {s.get('shards')} file(s) ({how}){tail}"]
+        what = f"{s['source_format']} {s['kind']} {s['source']}"
+        if not limit or s.get("shards") == 1:
+            head = "would consolidate" if dry else "consolidated"
+            lines = [f"{head} {what} into one model.safetensors{tail}"]
+        else:
+            head = "would shard" if dry else "sharded"
+            lines = [f"{head} {what} into {s.get('shards')} shards of at most {limit:,} bytes{tail}"]
     if dry:
         lines.append(f"  {t.get('tensors', 0)} tensors, {size}")
     else:
