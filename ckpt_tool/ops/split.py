@@ -313,6 +313,26 @@ def _remove_empty(dirs: Sequence[Path]) -> None:
             pass
 
 
+def in_write_order(plan: TransformPlan, target: engine.Target) -> None:
+    """Run the copies in the order their bytes land in the output files, file after file.
+
+    The plan's order decided the shard boundaries (``resolve`` is done); what is
+    left is I/O. Written in plan order, a consolidation lands its tensors all
+    over one big file (the input's order is shard by shard, the output's is
+    ``save_file``'s dtype-then-name order), and scattered writes into a
+    multi-GB file cost 2-3x a sequential copy once writeback starts (4 GB model:
+    23 s vs 6 s for a plain copy). Page-cache reads jump between inputs
+    instead, which costs nothing when they are cached and little otherwise:
+    every tensor is one contiguous range.
+    """
+    position: dict[tuple[str, str], tuple[int, int]] = {}
+    for i, (fp, sink) in enumerate(zip(target.files, target.file_sinks)):
+        for j, name in enumerate(fp.names):
+            position[(sink, name)] = (i, j)
+    last = (len(target.files), 0)
+    plan.steps.sort(key=lambda st: min((position.get((o.sink, o.name), last) for o in st.outs), default=last))
+
+
 def _execute(plan: TransformPlan, target: engine.Target, force: bool, dry_run: bool, progress: bool) -> engine.Report:
     created = [] if dry_run else _missing_dirs([_sink_dir(s) for s in plan.sinks.values()])
     try:
@@ -400,6 +420,7 @@ def split(
     dropped = drop_tied(plan, info)
     refuse_outputs_in_inputs(plan, info, labels)
     target = engine.resolve(plan)
+    in_write_order(plan, target)
     report = _execute(plan, target, force, dry_run, progress)
 
     c = report.counts
