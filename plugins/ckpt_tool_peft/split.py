@@ -169,6 +169,9 @@ def plan_split(source: CheckpointInfo, options: SplitOptions) -> SplitPlan | Non
     if model_config is None:
         notes.append("no config.json beside the input: the base directory has none, so from_pretrained cannot load it "
                      "until the model's config.json is added")
+    if config_src is None:
+        notes.append(f"{CONFIG_NAME} written from the shapes and --lora-alpha, with use_rslora=false (scale alpha/r): "
+                     "if the adapter was trained with rsLoRA (alpha/sqrt(r)), set use_rslora there")
     if emb_saved:
         notes.append(f"the targeted embedding weights ({', '.join(sorted(emb_saved))}) are also saved with the adapter, "
                      'as PEFT\'s save_pretrained(save_embedding_layers="auto") does')
