@@ -239,7 +239,7 @@ def drop_tied(plan: TransformPlan, source: CheckpointInfo) -> list[str]:
     index = {(role, t.name): t for role, info in plan.inputs.items() for t in info.tensors}
     groups: dict[tuple[str, tuple[Any, ...]], list[str]] = {}
     for step in plan.steps:
-        if step.compute is not None or len(step.reads) != 1:
+        if step.compute is not None or len(step.reads) != 1 or len(step.outs) != 1:
             continue
         r, o = step.reads[0], step.outs[0]
         key = _storage(index[(r.input, r.name)]) if (r.input, r.name) in index else None
@@ -261,7 +261,7 @@ def drop_tied(plan: TransformPlan, source: CheckpointInfo) -> list[str]:
             "embeddings (transformers' save_pretrained then keeps one copy, as split does); otherwise re-save the "
             "model without shared tensors",
         )
-    plan.steps = [s for s in plan.steps if not (s.compute is None and (s.outs[0].sink, s.outs[0].name) in drop)]
+    plan.steps = [s for s in plan.steps if not (s.compute is None and s.outs and (s.outs[0].sink, s.outs[0].name) in drop)]
     return sorted(n for _, n in drop)
 
 
