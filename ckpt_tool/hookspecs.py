@@ -138,3 +138,47 @@ def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any | None:
     ``Unsupported`` / ``Refused`` naming what cannot be represented (e.g. LoRA on
     only some layers for LitGPT).
     """
+
+
+@hookspec(firstresult=True)
+def ckpt_split_adapter(source: CheckpointInfo, options: Any) -> Any | None:
+    """Separate a combined checkpoint of your convention into a clean base and an adapter, or return ``None``.
+
+    A *combined* checkpoint is a full model whose state dict still carries the
+    adapter's tensors: a LitGPT LoRA model's whole ``state_dict()``
+    (``….attn.qkv.linear.weight`` + ``….lora_A``), a PEFT model saved whole
+    (``base_model.model.….base_layer.weight`` + ``….lora_A.default.weight``).
+    Called by ``split --base-out B --adapter-out A`` once the input was
+    detected. ``source`` may come from any plugin (a PEFT model saved whole is a
+    plain safetensors / torch file that the generic handler detects), so claim
+    it by its key grammar, not by ``source.format``.
+
+    Args:
+        source: what ``ckpt_detect`` said about the input.
+        options: ``ckpt_tool.ops.split.SplitOptions`` (``base_out``, ``adapter_out``,
+            ``lora_alpha`` given on the command line, ``max_shard_size`` for sharded base layouts).
+
+    Returns:
+        A ``ckpt_tool.ops.split.SplitPlan``: steps that read input ``"in"`` and write
+        sinks ``"base"`` (original key names of the base convention) and
+        ``"adapter"`` (your adapter's key grammar), as ``compute=None`` copies so the
+        engine copies bytes file to file; both ``Sink`` objects (layouts, side files:
+        configs, tokenizer); and summary facts (r, alpha, targets, which values were
+        *assumed*). Raise ``Refused`` listing every incomplete adapter pair at once,
+        ``Unsupported`` for adapter tensors you cannot place; never read tensor bytes.
+    """
+
+
+@hookspec(firstresult=True)
+def ckpt_tied_duplicates(source: CheckpointInfo, groups: list[list[str]]) -> list[str] | None:
+    """Which tensors sharing one storage (tied weights) your convention's loader re-creates, or ``None``.
+
+    Called by ``split`` when an output holds several tensors that are the same
+    storage in the input (``torch.save`` keeps tied parameters as one storage;
+    safetensors cannot store one tensor under two names). ``groups`` lists the
+    output names of each shared storage. Return the names to leave out because
+    the loader ties them back from the one kept (``save_pretrained`` drops
+    ``lm_head.weight`` when ``config.json`` says ``tie_word_embeddings: true``),
+    or ``None`` when you cannot tell; every group left unresolved is refused with
+    the reason, so a loader never gets an untied or a randomly initialised copy.
+    """

@@ -339,7 +339,9 @@ def test_torch_and_safetensors_keep_names_bits_and_metadata(tmp_path, cli):
     lit = lit_dir(tmp_path / "lit", config, sd)
     ok(cli, lit / "lit_model.pth", "--to", "safetensors", "--out", tmp_path / "m.safetensors")
     with safe_open(tmp_path / "m.safetensors", "pt") as f:
-        assert f.metadata() == {"format": "pt"}
+        meta = f.metadata()
+        assert json.loads(meta.pop("ckpt_tool.provenance"))["operation"] == "convert"
+        assert meta == {"format": "pt"}
         assert_same({k: f.get_tensor(k) for k in f.keys()}, sd)
     ok(cli, tmp_path / "m.safetensors", "--to", "torch", "--out", tmp_path / "m.pth")
     assert_same(torch.load(tmp_path / "m.pth", weights_only=True), sd, order=True)
@@ -348,7 +350,9 @@ def test_torch_and_safetensors_keep_names_bits_and_metadata(tmp_path, cli):
     save_file(mixed, tmp_path / "x.safetensors", metadata={"format": "pt", "note": "kept"})
     ok(cli, tmp_path / "x.safetensors", "--to", "safetensors", "--out", tmp_path / "y.safetensors", "--dtype", "bf16")
     with safe_open(tmp_path / "y.safetensors", "pt") as f:
-        assert f.metadata() == {"format": "pt", "note": "kept"}
+        meta = f.metadata()
+        assert "ckpt_tool.provenance" in meta
+        assert {k: v for k, v in meta.items() if k != "ckpt_tool.provenance"} == {"format": "pt", "note": "kept"}
         got = {k: f.get_tensor(k) for k in f.keys()}
     assert_same(got, {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in mixed.items()})
 

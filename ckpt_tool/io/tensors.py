@@ -106,14 +106,19 @@ class TensorReader:
 
     def __init__(self) -> None:
         self._maps: dict[str, Any] = {}  # realpath -> uint8 tensor over the whole file
+        self._views: dict[str, memoryview] = {}  # realpath -> read-only stdlib mmap of the whole file
         self._real: dict[str, str] = {}  # path as given -> realpath (which lstats every component, per call)
+
+    def _realpath(self, path: str) -> str:
+        key = self._real.get(path)
+        if key is None:
+            key = self._real[path] = os.path.realpath(path)
+        return key
 
     def _file_bytes(self, path: str) -> torch.Tensor:
         import torch
 
-        key = self._real.get(path)
-        if key is None:
-            key = self._real[path] = os.path.realpath(path)
+        key = self._realpath(path)
         if key not in self._maps:
             size = os.path.getsize(key)
             if size == 0:
@@ -138,6 +143,30 @@ class TensorReader:
         start = info.storage_offset * info.itemsize
         return self.raw(info)[start : start + info.nbytes]
 
+    def buffer(self, info: TensorInfo) -> memoryview:
+        """The bytes of a contiguous tensor ``info`` as a read-only view of a stdlib memory map.
+
+        The same bytes as ``data`` without importing torch: the engine's byte-copy
+        path needs them only as the ``copy_file_range`` fallback and for CRC-32s,
+        so a plan that only copies (``split`` into safetensors) never pays the
+        second and the ~150 MiB that ``import torch`` costs.
+        """
+        if info.nbytes == 0:
+            return memoryview(b"")
+        key = self._realpath(info.file)
+        view = self._views.get(key)
+        if view is None:
+            import mmap
+
+            with open(key, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if size else memoryview(b"")
+            self._views[key] = view
+        begin, end = info.byte_range
+        if begin < 0 or end > len(view):
+            raise InvalidFile(f"{info.file}: tensor {info.name!r} runs past the end of the file", "the file is truncated")
+        return view[begin:end]
+
     def tensor(self, info: TensorInfo) -> torch.Tensor:
         """``info`` as a tensor of its own dtype, shape, stride and storage offset (zero copy when aligned)."""
         import torch
@@ -156,6 +185,7 @@ class TensorReader:
 
     def close(self) -> None:
         self._maps.clear()
+        self._views.clear()  # each map is unmapped when its last view is gone
 
 
 class Scratch:

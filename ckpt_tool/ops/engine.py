@@ -455,7 +455,7 @@ def _run(
         writer = writers[target.place[(out.sink, out.name)]]
         if out.dtype == info.dtype and info.is_contiguous and tuple(info.shape) == out.shape:
             begin, end = info.byte_range
-            view = memoryview(reader.data(info).numpy()) if info.nbytes else memoryview(b"")
+            view = reader.buffer(info)  # stdlib mmap: a copy-only plan never imports torch
             # file-to-file: no anonymous memory, so it does not count against the write-behind bound
             behind.submit(0, functools.partial(writer.copy, out.name, fd_for(info.file), begin, end - begin, view))
             counts["copied"] += 1

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Protocol
 
 from ckpt_tool.errors import UsageError
-from ckpt_tool.model import DTYPE_SIZES
 from ckpt_tool.ops.transform import Out, SideFile, Sink
 
 
@@ -52,9 +51,53 @@ class Layout(Protocol):
     def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles: ...
 
 
+#: The order of ``safetensors``' ``Dtype`` enum (0.8.0): ``save_file`` lays tensors out by this rank, highest
+#: first, then by name. Pinned against the library by ``tests/test_split.py``.
+SAFETENSORS_DTYPE_RANK: dict[str, int] = {
+    name: i
+    for i, name in enumerate(
+        ("BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "C64", "F64",
+         "I64", "U64")
+    )
+}
+
+
 def safetensors_order(outs: Sequence[Out]) -> list[Out]:
-    """Widest dtypes first (stable): every tensor stays aligned to its item size, as ``safetensors`` arranges them."""
-    return sorted(outs, key=lambda o: -DTYPE_SIZES[o.dtype])
+    """The order ``safetensors.save_file`` writes: dtype rank descending, then name (byte order).
+
+    Widest dtypes come first, so every tensor stays aligned to its item size,
+    and a file we write holds exactly the bytes ``save_file`` would write for
+    the same tensors and metadata (so re-sharding and consolidating round-trip
+    byte for byte, and our shards equal ``save_pretrained``'s).
+    """
+    return sorted(outs, key=lambda o: (-SAFETENSORS_DTYPE_RANK[o.dtype], o.name))
+
+
+def hf_shards(outs: Sequence[Out], max_shard_size: int) -> list[list[Out]]:
+    """Group ``outs`` (in the given order) into shards exactly as ``huggingface_hub``'s
+    ``split_state_dict_into_shards_factory`` (what ``save_pretrained`` calls) does.
+
+    Greedy in order: a tensor that would tip the current shard over the limit
+    starts a new one, and a tensor larger than the limit is put in a shard of
+    its own *at once*, while the current shard stays open for the tensors that
+    follow (so ``[1, 10, 1]`` with a limit of 5 gives ``[[10], [1, 1]]``).
+    """
+    shards: list[list[Out]] = []
+    current: list[Out] = []
+    size = 0
+    for o in outs:
+        n = o.nbytes
+        if n > max_shard_size:
+            shards.append([o])
+            continue
+        if size + n > max_shard_size:
+            shards.append(current)
+            current, size = [], 0
+        current.append(o)
+        size += n
+    if current:
+        shards.append(current)
+    return shards
 
 
 def _metadata(sink: Sink, default: dict[str, str] | None) -> dict[str, str] | None:
@@ -96,7 +139,8 @@ class SingleFileLayout:
 @dataclass
 class ShardedSafetensorsLayout:
     """``<prefix>.safetensors``, or ``<prefix>-0000i-of-0000K.safetensors`` + ``<prefix>.safetensors.index.json``
-    past ``options["max_shard_size"]`` bytes (greedy in order, a tensor larger than the limit alone; 0: one file)."""
+    past ``options["max_shard_size"]`` bytes (0: one file): shard boundaries as ``save_pretrained`` draws them
+    over the tensors in plan order (``hf_shards``), each shard laid out as ``save_file`` lays it out."""
 
     name: str
     description: str
@@ -105,22 +149,21 @@ class ShardedSafetensorsLayout:
     target: str = "dir"
 
     def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles:
-        from ckpt_tool.io.writers import TensorSpec, index_json, plan_shards, shard_names
+        from ckpt_tool.io.writers import TensorSpec, index_json, shard_names
 
         limit = sink.options.get("max_shard_size")
         limit = self.default_shard_size if limit is None else limit
         if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
             raise UsageError(f"invalid shard size {limit!r}", "use e.g. --max-shard-size 5GB (0: one file)")
-        ordered = safetensors_order(outs)
-        specs = [TensorSpec(o.name, o.dtype, o.shape) for o in ordered]
-        groups = plan_shards(specs, limit) if specs and limit else [specs]
+        groups = ([safetensors_order(g) for g in hf_shards(outs, limit)] if limit else [safetensors_order(outs)]) or [[]]
         names = shard_names(len(groups), self.prefix)
         meta = _metadata(sink, {"format": "pt"})
-        weights = [FilePlan(sink.path / n, "safetensors", [s.name for s in g], meta) for n, g in zip(names, groups)]
+        weights = [FilePlan(sink.path / n, "safetensors", [o.name for o in g], meta) for n, g in zip(names, groups)]
         index: list[SideFile] = []
         index_name = f"{self.prefix}.safetensors.index.json"
         if len(groups) > 1:
-            wmap = {s.name: n for n, g in zip(names, groups) for s in g}
+            specs = [TensorSpec(o.name, o.dtype, o.shape) for g in groups for o in g]
+            wmap = {o.name: n for n, g in zip(names, groups) for o in g}
             index.append(SideFile(index_name, data=index_json(specs, wmap)))
         new = {p.path.name for p in weights} | {i.name for i in index}
         stale = []

@@ -70,3 +70,10 @@ def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any:
     from ckpt_tool_lit.convert import from_hub
 
     return from_hub(view, layout, options)
+
+
+@hookimpl
+def ckpt_split_adapter(source: Any, options: Any) -> Any:
+    from ckpt_tool_lit.split import plan_split
+
+    return plan_split(source, options)

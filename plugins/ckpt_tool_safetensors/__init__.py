@@ -47,3 +47,12 @@ def ckpt_from_hub(view: Any, layout: str, options: Any) -> Any:
     from ckpt_tool_safetensors.convert import from_hub
 
     return from_hub(view, layout, options)
+
+
+@hookimpl
+def ckpt_tied_duplicates(source: Any, groups: list[list[str]]) -> Any:
+    if getattr(source, "format", None) not in ("safetensors", "torch"):
+        return None
+    from ckpt_tool_safetensors.split import tied_duplicates
+
+    return tied_duplicates(source, groups)
