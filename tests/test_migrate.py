@@ -136,6 +136,7 @@ def test_apply_moves_weights_byte_for_byte(tree: Path, cli) -> None:
     )
 
 
+@pytest.mark.interop  # imports litgpt
 def test_converted_configs_load_in_litgpt(tree: Path, cli) -> None:
     from litgpt.config import Config
 
@@ -389,6 +390,7 @@ def test_plan_path_does_not_import_torch(tree: Path) -> None:
 # --------------------------------------------------------------------------- --upgrade-attn (opt-in)
 
 
+@pytest.mark.interop  # imports litgpt
 def test_upgrade_attn_matches_litgpt_and_keeps_originals(tree: Path, cli) -> None:
     import torch
     from litgpt.config import Config

@@ -235,7 +235,7 @@ def _run(
                     render.message(f"  - {c}")
         raise
     except ops.MigrateIncomplete as exc:
-        _render_outcome(exc.outcome, json_out, verbose, mode, doc)
+        _render_outcome(exc.outcome, json_out, verbose, mode, doc, failed=True)
         raise
 
 
@@ -279,7 +279,9 @@ def _render_plan(plan: ops.Plan, json_out: bool, verbose: bool, doc: dict[str, A
         )
 
 
-def _render_outcome(outcome: ops.Outcome, json_out: bool, verbose: bool, mode: str, doc: dict[str, Any]) -> None:
+def _render_outcome(
+    outcome: ops.Outcome, json_out: bool, verbose: bool, mode: str, doc: dict[str, Any], failed: bool = False
+) -> None:
     from ckpt_tool.ops.journal import mutation_count
 
     done = set(outcome.done)
@@ -312,7 +314,7 @@ def _render_outcome(outcome: ops.Outcome, json_out: bool, verbose: bool, mode: s
             typer.echo(_fit(rows, headers, _width(), verbose))
     for sk in outcome.skipped:
         render.message(f"skipped: {sk.get('src') or sk.get('dst')}: {sk['why']}")
-    if outcome.missing or outcome.kept:
+    if failed:
         return  # the error line says what is missing and what to do
     if outcome.message:
         render.message(outcome.message)
