@@ -639,3 +639,75 @@ def test_human_plan_fits_80_columns(tmp_path: Path, cli, monkeypatch) -> None:
     res = cli("migrate", runs, "--apply")
     assert res.code == 0
     assert max(len(line) for line in res.stdout.splitlines()) <= 80
+
+
+def test_read_only_root_is_an_environment_failure(tmp_path: Path, cli) -> None:
+    """Class: the machine refused → exit 9 (was: exit 7 "cannot create the lock file"). Needs root for the mount."""
+    root = h.small_tree(tmp_path / "root")
+    before = h.snapshot(root)
+    proc = subprocess.run(["mount", "--bind", "-o", "ro", str(root), str(root)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {proc.stderr.decode().strip()}")
+    try:
+        res = cli("migrate", root, "--apply", "--json")
+    finally:
+        subprocess.run(["umount", str(root)], check=True)
+    assert res.code == 9, res.stderr
+    assert "Read-only file system" in json.loads(res.stdout)["error"]["message"]
+    assert h.snapshot(root) == before and not (root / JOURNAL_NAME).exists()
+
+
+def _upgrade_tree(root: Path) -> Path:
+    h.save(root / "2023-09" / "lit_model_finetuned.pth", {"model": h.full_sd(seed=9)})
+    h.lit_config(root / "2023-09")
+    return root
+
+
+@pytest.mark.parametrize("disk_full", [True, False])
+def test_converter_failure_on_a_full_disk_is_an_environment_failure(
+    tmp_path: Path, cli, monkeypatch, disk_full: bool
+) -> None:
+    """torch's zip writer reports a full disk as RuntimeError: exit 9 and resumable, not an internal error."""
+    import ckpt_tool_lit.migrate as lit_migrate
+
+    expected = _expected(tmp_path, lambda r: (_upgrade_tree(r), ops.apply(r, options=ops.MigrateOptions(upgrade_attn=True)), r)[2])
+    root = _upgrade_tree(tmp_path / "root")
+
+    def failing(src, out, params):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file")
+
+    class Full:
+        f_bavail, f_frsize = 0, 4096
+
+    monkeypatch.setattr(lit_migrate, "upgrade_attn_file", failing)
+    if disk_full:
+        monkeypatch.setattr(os, "fstatvfs", lambda fd: Full())
+    res = cli("migrate", root, "--apply", "--upgrade-attn", "--json")
+    monkeypatch.undo()
+    assert res.code == (9 if disk_full else 6), res.stderr
+    assert json.loads(res.stdout)["error"]["exit_code"] == res.code
+    assert "internal error" not in res.stderr
+    assert Journal(root).pending is not None
+    assert not list(root.rglob(".ckpt-tool-tmp-*"))
+    if disk_full:
+        assert cli("migrate", root, "--apply", "--upgrade-attn").code == 0
+        assert h.snapshot(root) == expected
+    else:  # a file its converter refuses: --undo restores the tree
+        assert cli("migrate", root, "--undo").code == 0
+        assert not (root / "2023-09/final").exists()
+
+
+def test_real_full_disk_during_a_conversion(tmp_path: Path, cli, small_fs: Path) -> None:
+    """--upgrade-attn on a real full tmpfs: torch's writer fails, the run stops resumable (exit 9)."""
+    upgrade = ops.MigrateOptions(upgrade_attn=True)
+    expected = _expected(tmp_path, lambda r: (_upgrade_tree(r), ops.apply(r, options=upgrade), r)[2])
+    for pages in (1, 3):
+        root = _upgrade_tree(small_fs / f"root-{pages}")
+        filler = _fill(small_fs, pages * 4096)
+        res = cli("migrate", root, "--apply", "--upgrade-attn", "--json")
+        assert res.code == 9, (pages, res.code, res.stderr)
+        assert "internal error" not in res.stderr
+        filler.unlink()
+        assert cli("migrate", root, "--apply", "--upgrade-attn").code == 0
+        assert h.snapshot(root) == expected, pages
+        shutil.rmtree(root)

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import Conflict, InvalidFile
+from ckpt_tool.errors import Conflict, InvalidFile, from_os_error
 from ckpt_tool.limits import MAX_JOURNAL_BYTES, MAX_JOURNAL_LINE, MAX_MIGRATE_REASON, MAX_MIGRATE_STEPS
 from ckpt_tool.ops.migrate_steps import DERIVE, JOURNAL_NAME, LOCK_NAME, Step, StepError
 
@@ -104,7 +104,7 @@ def migrate_lock(root: Path) -> Iterator[None]:
     try:
         root_fd = os.open(root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _O_CLOEXEC)
     except OSError as exc:
-        raise Conflict(f"cannot open {root} ({exc.strerror})", "check the path and its permissions") from None
+        raise from_os_error(exc, f"opening {root}") from None
     try:
         for _ in range(20):
             try:
@@ -114,9 +114,7 @@ def migrate_lock(root: Path) -> Iterator[None]:
                     raise Conflict(
                         f"{path} is a symlink, not migrate's lock file", "remove it and run migrate again"
                     ) from None
-                raise Conflict(
-                    f"cannot create the lock file {path} ({exc.strerror})", "check ROOT is writable"
-                ) from None
+                raise from_os_error(exc, f"creating the migrate lock file {path}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

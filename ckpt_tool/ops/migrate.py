@@ -694,7 +694,17 @@ def _derive(fs: RootFS, s: Step, journal: Journal, session: Session) -> None:
         try:
             src_path = fd_path(sfd) if use_fd_paths else fs.root / s.src
             out_path = fd_path(tfd) if use_fd_paths else fs.root / tmp
-            convert(src_path, out_path, dict(s.params or {}))
+            try:
+                convert(src_path, out_path, dict(s.params or {}))
+            except (OSError, CkptError):
+                raise
+            except MemoryError:
+                raise OSError(errno.ENOMEM, "out of memory while converting", s.src) from None
+            except Exception as exc:  # noqa: BLE001  (a converter's own failure, e.g. torch's writer)
+                vfs = os.fstatvfs(tfd)
+                if vfs.f_bavail * vfs.f_frsize < (1 << 20):  # torch reports a full disk as RuntimeError
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), s.dst) from None
+                raise Refused(f"{s.src}: the converter failed ({type(exc).__name__}: {exc})") from None
             if not s.fp.same_stat(os.fstat(sfd)):
                 raise _SourceChanged(f"{s.src} changed while converting")
             digest = full_sha256(tfd)
