@@ -322,7 +322,7 @@ class Journal:
         self._building = (session, count, offset)
         self._total_steps += count
 
-    def _step(self, rec: dict[str, Any]) -> None:
+    def _step(self, rec: dict[str, Any], validated: Step | None = None) -> None:
         building = self._building
         if building is None or rec["session"] != building[0].number:
             raise _Bad("a step outside a plan")
@@ -330,7 +330,7 @@ class Journal:
         if len(session.steps) >= count:
             raise _Bad(f"more steps than the {count} the plan announced")
         try:
-            step = Step.from_json(rec["step"])
+            step = validated if validated is not None else Step.from_json(rec["step"])
         except StepError as exc:
             raise _Bad(f"step {len(session.steps)}: {exc}") from None
         if step.i != len(session.steps):
@@ -355,14 +355,25 @@ class Journal:
         return None
 
     # writing -----------------------------------------------------------------
-    def _write(self, lines: list[dict[str, Any]]) -> None:
-        """Append records in one write and fsync them; on failure, cut the file back to what it was."""
+    def _write(self, lines: list[dict[str, Any]], steps: dict[int, Step] | None = None) -> None:
+        """Append records in one write and fsync them; on failure, cut the file back to what it was.
+
+        A journal written by us always re-reads: each line is parsed back as a
+        reader would and checked against the grammar. A step record whose
+        validated ``Step`` is given (``steps``, by position) is checked to parse
+        back to exactly that step's JSON form instead of being validated again.
+        """
         encoded = [json.dumps(rec, separators=(",", ":"), sort_keys=True).encode() + b"\n" for rec in lines]
-        for line in encoded:  # a journal written by us always re-reads: parse what is written, as a reader would
+        for n, line in enumerate(encoded):
             try:
                 if len(line) > MAX_JOURNAL_LINE:
                     raise _Bad(f"a record longer than {_size(MAX_JOURNAL_LINE)}")
-                self._apply(json.loads(line), -1)
+                rec = json.loads(line)
+                known = steps.get(n) if steps is not None else None
+                if known is not None and rec == lines[n] and rec["step"] == known.to_json():
+                    self._step(rec, known)
+                else:
+                    self._apply(rec, -1)
             except _Bad as exc:  # pragma: no cover - a bug in the writer
                 raise RuntimeError(f"refusing to journal an invalid record: {exc}") from None
         data = b"".join(encoded)
@@ -403,7 +414,7 @@ class Journal:
         records: list[dict[str, Any]] = [{"type": "plan", "session": number, "steps": len(steps), "time": time.time()}]
         records.extend({"type": "step", "session": number, "step": s.to_json()} for s in steps)
         records.append({"type": "planned", "session": number})
-        self._write(records)
+        self._write(records, steps={n + 1: s for n, s in enumerate(steps)})  # Steps are valid by construction
         return self.sessions[-1]
 
     def remove(self) -> None:

@@ -471,7 +471,7 @@ def _build_steps(root: Path, actions: list[tuple[Path, Action]], result: Plan) -
     for i, d in enumerate(drafts):
         d.pop("nlink", None)
         try:
-            step = Step(i=i, **{k: v for k, v in d.items() if v is not None}).validate()
+            step = Step(i=i, **{k: v for k, v in d.items() if v is not None})
         except (StepError, TypeError) as exc:
             if d.get("op") in (MOVE, COPY, DERIVE) and "fp" not in d:
                 continue  # its source was already reported

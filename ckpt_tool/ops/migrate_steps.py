@@ -32,7 +32,9 @@ import importlib
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from types import MappingProxyType
 from typing import Any
 
 from ckpt_tool.io.atomic import TEMP_PREFIX
@@ -148,6 +150,12 @@ class FileId:
     ino: int
     sample: str
 
+    def __post_init__(self) -> None:
+        _int(self.size, "fp size")
+        _int(self.mtime_ns, "fp mtime_ns", low=-_INT64)
+        _int(self.ino, "fp inode")
+        _hex(self.sample, "fp sampled sha256")
+
     def to_json(self) -> list[Any]:
         return [self.size, self.mtime_ns, self.ino, self.sample]
 
@@ -155,10 +163,7 @@ class FileId:
     def from_json(cls, value: Any) -> FileId:
         if not isinstance(value, list) or len(value) != 4:
             raise StepError("fp must be [size, mtime_ns, inode, sampled sha256]")
-        size = _int(value[0], "fp size")
-        mtime = _int(value[1], "fp mtime_ns", low=-_INT64)
-        ino = _int(value[2], "fp inode")
-        return cls(size, mtime, ino, _hex(value[3], "fp sampled sha256"))
+        return cls(value[0], value[1], value[2], value[3])
 
     def same_stat(self, st: os.stat_result) -> bool:
         """Unchanged since the plan: same size, mtime and inode (what a rename keeps)."""
@@ -166,7 +171,7 @@ class FileId:
 
 
 def _params(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or len(value) > MAX_PARAMS:
+    if not isinstance(value, (dict, MappingProxyType)) or len(value) > MAX_PARAMS:
         raise StepError(f"params must be a mapping of at most {MAX_PARAMS} entries")
     for key, item in value.items():
         _text(key, "params key", 64)
@@ -237,7 +242,13 @@ class Step:
     sha256: str | None = None  # write: of data; copy: of the source's content at plan time
     data: str | None = None
     converter: str | None = None
-    params: dict[str, Any] | None = None
+    params: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # a Step is valid by construction: whatever builds one (the plan, the journal reader) gets it checked
+        if self.params is not None and isinstance(self.params, dict):
+            object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        self.validate()
 
     def validate(self) -> Step:
         """Check every field (see the module docstring); returns self, raises ``StepError``."""
@@ -281,10 +292,12 @@ class Step:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"i": self.i, "op": self.op, "group": self.group, "run": self.run, "reason": self.reason}
-        for f in ("src", "dst", "sha256", "data", "converter", "params"):
+        for f in ("src", "dst", "sha256", "data", "converter"):
             value = getattr(self, f)
             if value is not None:
                 out[f] = value
+        if self.params is not None:
+            out["params"] = dict(self.params)
         if self.fp is not None:
             out["fp"] = self.fp.to_json()
         return out
@@ -304,7 +317,7 @@ class Step:
         if not isinstance(op, str) or op not in _FIELDS:
             raise StepError(f"unknown operation {_show(str(op))} (allowed: {', '.join(OPS)})")
         fp = FileId.from_json(obj["fp"]) if obj.get("fp") is not None else None
-        step = cls(
+        return cls(
             i=obj["i"],
             op=op,
             group=obj["group"],
@@ -318,7 +331,6 @@ class Step:
             converter=obj.get("converter"),
             params=obj.get("params"),
         )
-        return step.validate()
 
     def public(self) -> dict[str, Any]:
         """The fields a report shows."""
