@@ -213,7 +213,10 @@ def check_converter(value: Any) -> str:
     if not _CONVERTER_RE.match(name):
         raise StepError(f"converter {_show(name)} is not a 'module:function' name")
     if name not in declared_converters():
-        raise StepError(f"converter {_show(name)} is not one a loaded plugin declares")
+        raise StepError(
+            f"converter {_show(name)} is not one a loaded plugin declares (if the plugin that planned it is "
+            "installed, check CKPT_TOOL_PLUGINS)"
+        )
     return name
 
 
