@@ -1,6 +1,6 @@
 """Benchmark ``ckpt-tool migrate`` on a generated tree of many legacy LitGPT runs.
 
-    python bench/migrate.py [--runs 2000] [--dir /tmp/ckpt-bench-migrate] [--keep]
+    python bench/migrate.py [--runs 2000] [--dir /tmp/ckpt-bench-migrate] [--keep] [--big-mib 1024]
 
 Builds ``--runs`` run directories cycling through the eras of formats.md §2.2
 (2023 LoRA/adapter/full names, iter-N intermediates, Jan 2024 step-N.pth
@@ -10,6 +10,13 @@ lit_config.json, plus runs already in today's layout), each file a real
 in a fresh process: the plan with ``--jobs 1`` and ``--jobs N``, ``--apply``,
 the no-op second ``--apply``, and ``--undo``. Targets on a 2-core machine:
 plan < 10 s, apply < 30 s.
+
+Then the cost of the content fingerprint migrate records for every moved
+file at plan time (``migrate_steps.sampled_sha256``: size + sha256 of the
+first and last MiB and 8 spread 64 KiB blocks) on one ``--big-mib`` file,
+cold (its pages dropped with ``posix_fadvise``) and warm, against a full
+sha256 of the same file — the price of recognising weights by content on a
+copied tree (``--undo`` after ``cp -r``).
 """
 
 from __future__ import annotations
@@ -147,7 +154,11 @@ def build(root: Path, runs: int) -> dict[str, int]:
     return counts
 
 
-def _cli(*args: str) -> tuple[float, dict]:
+def _cli(*args: str) -> tuple[float, float, dict]:
+    """Run the CLI in a fresh process: (wall seconds, CPU seconds user+sys of the child, its JSON)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "ckpt_tool", "migrate", *args, "--json"],
@@ -156,9 +167,11 @@ def _cli(*args: str) -> tuple[float, dict]:
         check=False,
     )
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"migrate {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return elapsed, json.loads(proc.stdout)
+    return elapsed, cpu, json.loads(proc.stdout)
 
 
 def main() -> None:
@@ -167,6 +180,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/ckpt-bench-migrate"))
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--keep", action="store_true", help="keep the generated tree")
+    ap.add_argument("--big-mib", type=int, default=1024, help="size of the file for the fingerprint timing (0: skip)")
     args = ap.parse_args()
 
     root = args.dir / "runs"
@@ -176,37 +190,76 @@ def main() -> None:
     files = sum(len(f) for _, _, f in os.walk(root))
     print(f"generated {args.runs} run dirs ({files} files) in {time.perf_counter() - t0:.1f} s: {counts}")
 
-    t_plan1, plan = _cli(str(root), "--jobs", "1")
-    t_planN, planN = _cli(str(root), "--jobs", str(args.jobs))
+    t_plan1, c_plan1, plan = _cli(str(root), "--jobs", "1")
+    t_planN, c_planN, planN = _cli(str(root), "--jobs", str(args.jobs))
     assert plan["actions"] == planN["actions"], "parallel plan differs from the serial one"
     steps = len(plan["actions"])
     moves = plan["counts"].get("move", 0)
-    t_apply, applied = _cli(str(root), "--apply", "--jobs", str(args.jobs))
+    t_apply, c_apply, applied = _cli(str(root), "--apply", "--jobs", str(args.jobs))
     done = sum(1 for a in applied["actions"] if a.get("status") == "done")
-    t_noop, noop = _cli(str(root), "--apply", "--jobs", str(args.jobs))
+    t_noop, c_noop, noop = _cli(str(root), "--apply", "--jobs", str(args.jobs))
     assert not noop["actions"], "second --apply was not a no-op"
-    t_undo, undone = _cli(str(root), "--undo")
-    assert not undone["skipped"], undone["skipped"][:3]
+    t_undo, c_undo, undone = _cli(str(root), "--undo")
+    assert not undone["skipped"] and not undone.get("missing"), (undone["skipped"][:3], undone.get("missing"))
 
     rows = [
-        ("plan, --jobs 1", t_plan1, 10.0),
-        (f"plan, --jobs {args.jobs}", t_planN, 10.0),
-        ("apply", t_apply, 30.0),
-        ("second apply (no-op)", t_noop, None),
-        ("undo", t_undo, None),
+        ("plan, --jobs 1", t_plan1, c_plan1, 10.0),
+        (f"plan, --jobs {args.jobs}", t_planN, c_planN, 10.0),
+        ("apply", t_apply, c_apply, 30.0),
+        ("second apply (no-op)", t_noop, c_noop, None),
+        ("undo", t_undo, c_undo, None),
     ]
     print(
         f"plan: {steps} steps ({moves} renames); applied {done}; mutations during apply: {applied['mutations']}"
     )
-    for name, secs, target in rows:
+    print(f"  {'':<24} {'wall':>9} {'CPU':>9}")
+    for name, secs, cpu, target in rows:
         verdict = (
             ""
             if target is None
             else (f"  OK (target < {target:.0f} s)" if secs < target else f"  SLOW (target < {target:.0f} s)")
         )
-        print(f"  {name:<24} {secs:7.2f} s{verdict}")
+        print(f"  {name:<24} {secs:7.2f} s {cpu:7.2f} s{verdict}")
+    if args.big_mib:
+        _fingerprint_cost(args.dir / "big.bin", args.big_mib)
     if not args.keep:
         shutil.rmtree(args.dir, ignore_errors=True)
+
+
+def _fingerprint_cost(path: Path, mib: int) -> None:
+    """Time the sampled fingerprint against a full sha256 on one large file, cold and warm."""
+    from ckpt_tool.ops.migrate_steps import full_sha256, sample_ranges, sampled_sha256
+
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as fh:
+        for i in range(mib):
+            fh.write(block[i % 251 :] + block[: i % 251])
+        fh.flush()
+        os.fsync(fh.fileno())
+    size = path.stat().st_size
+
+    def timed(fn, cold: bool) -> float:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if cold and hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            t0 = time.perf_counter()
+            fn(fd)
+            return time.perf_counter() - t0
+        finally:
+            os.close(fd)
+
+    sampled = sum(n for _, n in sample_ranges(size))
+    rows = [
+        ("sampled, cold", timed(lambda fd: sampled_sha256(fd, size), True)),
+        ("sampled, warm", timed(lambda fd: sampled_sha256(fd, size), False)),
+        ("full sha256, cold", timed(full_sha256, True)),
+        ("full sha256, warm", timed(full_sha256, False)),
+    ]
+    print(f"fingerprint of one {mib} MiB file (reads {sampled / 2**20:.2f} MiB sampled vs {size / 2**20:.0f} MiB full):")
+    for name, secs in rows:
+        print(f"  {name:<24} {secs * 1000:9.1f} ms")
+    path.unlink()
 
 
 if __name__ == "__main__":

@@ -87,6 +87,9 @@ def ckpt_migrate_run(run_dir: Path, root: Path, probe: Probe, options: Any) -> l
     not change anything: the core checks the whole plan before it applies it.
     ``options`` is a ``ckpt_tool.ops.migrate.MigrateOptions`` (opt-in behaviour such as
     ``upgrade_attn``); implementations may leave the argument out if they ignore it.
+    A ``derive`` action's ``converter`` must be one of the ``"module:function"`` names the
+    plugin lists in a ``MIGRATE_CONVERTERS`` tuple (the journal on disk is untrusted and can
+    name nothing else); every path must stay inside ``root`` and never go through a symlink.
     """
 
 

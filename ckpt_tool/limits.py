@@ -112,3 +112,19 @@ MAX_REGEX_TOTAL_SECONDS = 1.0
 
 #: Length of a module name a user pattern is matched against (real names are < 200 characters).
 MAX_MODULE_NAME_CHARS = 4096
+
+
+#: The migrate journal (``ROOT/.ckpt-tool-migrate.journal``) is read before anything else: a bigger file is
+#: refused unread. 256 MiB holds plans for several hundred thousand run directories.
+MAX_JOURNAL_BYTES = 256 * 1024 * 1024
+#: One journal record (one line). Our records are one step each; the largest is a written config file
+#: (at most MAX_MIGRATE_WRITE_BYTES, JSON-escaped).
+MAX_JOURNAL_LINE = 8 * 1024 * 1024
+#: Steps in one journal, all sessions together (2,000 run directories plan about 15,000 steps).
+MAX_MIGRATE_STEPS = 1_000_000
+#: A file migrate writes from the plan itself (a converted config, hyperparameters.yaml, migration.json).
+MAX_MIGRATE_WRITE_BYTES = 1024 * 1024
+#: A companion file migrate copies (tokenizers, configs); weights are only ever renamed, never copied.
+MAX_MIGRATE_COPY_BYTES = 64 * 1024 * 1024
+#: The free-text reason of one plan step.
+MAX_MIGRATE_REASON = 16 * 1024

@@ -309,3 +309,51 @@ def snapshot(root: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
+
+
+def small_tree(root: Path) -> Path:
+    """Two runs covering every kind of step: rename, mkdir, copy, write, rmdir (iter-N/ folder)."""
+    run = root / "2023-06"
+    save(run / "lit_model_lora_finetuned.pth", {"model": lora_sd(seed=4)})
+    lit_config(run)
+    write_text(run / "tokenizer.json", '{"version": "1.0"}')
+    folder = root / "2024-03" / "iter-000100"
+    save(folder / "lit_model.pth", {"model": lora_sd(seed=14)})
+    lit_config(folder)
+    return root
+
+
+def edit_journal_steps(root: Path, edit, match=lambda step: True) -> int:
+    """Apply ``edit(step)`` to the first journal step (a dict with an ``op``) for which ``match`` is true.
+
+    Works on the records as JSON whatever their layout (one step per line, or a list inside a plan
+    record), so a test can damage a journal the tool wrote itself. Returns the 1-based line it edited.
+    """
+    path = root / ".ckpt-tool-migrate.journal"
+    lines = path.read_bytes().split(b"\n")
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        candidates = rec.get("steps") if isinstance(rec.get("steps"), list) else [rec.get("step", rec)]
+        for step in candidates:
+            if isinstance(step, dict) and "op" in step and match(step):
+                edit(step)
+                lines[n] = json.dumps(rec, separators=(",", ":"), sort_keys=True).encode()
+                path.write_bytes(b"\n".join(lines))
+                return n + 1
+    raise AssertionError("no journal step matched")
+
+
+def edit_journal_records(root: Path, edit, match) -> int:
+    """Apply ``edit(record)`` to the first journal record (a whole line) for which ``match`` is true."""
+    path = root / ".ckpt-tool-migrate.journal"
+    lines = path.read_bytes().split(b"\n")
+    for n, line in enumerate(lines):
+        if line.strip() and match(json.loads(line)):
+            rec = json.loads(line)
+            edit(rec)
+            lines[n] = json.dumps(rec, separators=(",", ":"), sort_keys=True).encode()
+            path.write_bytes(b"\n".join(lines))
+            return n + 1
+    raise AssertionError("no journal record matched")

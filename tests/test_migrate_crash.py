@@ -23,16 +23,7 @@ from ckpt_tool.ops.journal import ENV_CRASH, JOURNAL_NAME, Journal
 pytestmark = pytest.mark.slow
 
 
-def small_tree(root: Path) -> Path:
-    """Two runs covering every kind of step: rename, mkdir, copy, write, rmdir (iter-N/ folder)."""
-    run = root / "2023-06"
-    h.save(run / "lit_model_lora_finetuned.pth", {"model": h.lora_sd(seed=4)})
-    h.lit_config(run)
-    h.write_text(run / "tokenizer.json", '{"version": "1.0"}')
-    folder = root / "2024-03" / "iter-000100"
-    h.save(folder / "lit_model.pth", {"model": h.lora_sd(seed=14)})
-    h.lit_config(folder)
-    return root
+small_tree = h.small_tree  # two runs covering every kind of step: rename, mkdir, copy, write, rmdir
 
 
 def _apply(root: Path, crash: int | None = None) -> tuple[int, str, str]:
@@ -140,6 +131,39 @@ def test_kill_at_every_step_of_an_upgrade_attn_apply(tmp_path: Path) -> None:
         res = run_subprocess("migrate", root, "--apply", "--upgrade-attn", env={ENV_CRASH: ""})
         assert res.code == 0, (n, res.stderr)
         assert h.snapshot(root) == expected, n
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, range(1, total + 1)))
+
+
+def test_kill_at_every_step_of_an_undo_that_keeps_a_folder(tmp_path: Path) -> None:
+    """An undo that must keep one checkpoint folder (its weights changed) converges too, and stays rerunnable."""
+
+    def migrated(root: Path) -> Path:
+        small_tree(root)
+        ops.apply(root)
+        with open(root / "2023-06/final/lit_model.pth.lora", "ab") as fh:
+            fh.write(b"!")  # training went on into the migrated file
+        return root
+
+    clean = migrated(tmp_path / "clean")
+    code, out, err = _undo(clean)
+    assert code == 7, err
+    total = json.loads(out)["mutations"]
+    expected = h.snapshot(clean)
+    assert "2023-06/final/lit_model.pth.lora" in expected and "2024-03/iter-000100/lit_model.pth" in expected
+
+    def one(n: int) -> None:
+        root = migrated(tmp_path / f"keep-{n}")
+        code, _, err = _undo(root, crash=n)
+        assert code == -signal.SIGKILL, (n, code, err)
+        code, _, err = _undo(root)
+        assert code == 7, (n, err)
+        assert h.snapshot(root) == expected, n
+        code, _, err = _undo(root)  # rerunnable: same answer, nothing changes
+        assert code == 7 and h.snapshot(root) == expected, (n, err)
+        code, _, err = _apply(root)  # and --apply works again after it
+        assert code == 0, (n, err)
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(one, range(1, total + 1)))

@@ -13,6 +13,8 @@ from typing import Any
 from ckpt_tool import hookimpl
 
 FORMAT = "lit"
+# functions ``migrate --apply`` may call (a journal on disk can name nothing else); see ckpt_tool.ops.migrate_steps
+MIGRATE_CONVERTERS = ("ckpt_tool_lit.migrate:upgrade_attn_file",)
 
 
 @hookimpl

@@ -271,13 +271,28 @@ def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> l
                                 _Weights(w.src, w.dst_name, w.kind, "", keys=w.keys, shapes=w.shapes)
                             )
 
+    # a checkpoint folder that is a symlink (or a file) is never written through: its checkpoint stays put
+    blocked = sorted(name for name in targets if name in links or name in files)
+    for name in blocked:
+        t = targets.pop(name)
+        if name in links:
+            dest = os.readlink(links[name].path)
+            where = "outside ROOT" if not _inside(Path(links[name].path), root) else "inside ROOT"
+            report(t.folder, f"symlink to {dest} ({where}); not followed, so nothing is migrated into {name}/")
+        else:
+            report(t.folder, f"a file named {name} is where the {name}/ checkpoint folder belongs; nothing moved")
+        for w in t.weights:
+            report(w.src, f"left in place: {name}/ is not a real directory")
+
     for t in targets.values():
         actions.extend(_target_actions(run_dir, t, report))
 
     if targets or any(a.op == REPORT for a in actions):
         # a legacy run: list what is left behind so nothing goes unmentioned
-        if targets:
+        if targets or blocked:
             for _name, e in sorted(links.items()):
+                if _name in blocked:
+                    continue
                 dest = os.readlink(e.path)
                 where = "outside ROOT" if not _inside(Path(e.path), root) else "inside ROOT"
                 report(Path(e.path), f"symlink to {dest} ({where}); not followed, left as is")
