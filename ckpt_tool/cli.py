@@ -36,6 +36,7 @@ COMMANDS = (
     "ckpt_tool.commands.plugins",
     "ckpt_tool.commands.merge",
     "ckpt_tool.commands.convert",
+    "ckpt_tool.commands.rename",
     "ckpt_tool.commands.diff",
     "ckpt_tool.commands.migrate",
     "ckpt_tool.commands.demo",

@@ -2,7 +2,8 @@
 
 ``detect`` reads ``adapter_config.json`` and the adapter tensors' headers and
 checks them strictly (PEFT itself loads with ``strict=False``); ``merge``
-reproduces ``merge_and_unload()`` bit for bit, one tensor at a time.
+reproduces ``merge_and_unload()`` bit for bit, one tensor at a time; ``rename``
+plans crash-safe adapter renames and repairs keys damaged by PEFT <= 0.17.
 """
 
 from __future__ import annotations
@@ -52,3 +53,21 @@ def ckpt_register_layouts(register: Any) -> None:
             "adapter_model.safetensors",
         )
     )
+
+
+@hookimpl
+def ckpt_rename_adapter(source: Any, old: str, new: str) -> Any:
+    if source.format != FORMAT:
+        return None
+    from ckpt_tool_peft.rename import plan_adapter_rename
+
+    return plan_adapter_rename(source, old, new)
+
+
+@hookimpl
+def ckpt_repair_keys(source: Any, adapter: Any) -> Any:
+    if source.format != FORMAT:
+        return None
+    from ckpt_tool_peft.rename import repair_keys
+
+    return repair_keys(source, adapter)

@@ -1,0 +1,957 @@
+"""``rename``: new tensor names with the same bytes, PEFT adapter renames, repairs of damaged PEFT keys.
+
+Three operations share the command:
+
+* **keys** (``--map``, ``--map-file``, ``--regex``, ``--strip-prefix``,
+  ``--add-prefix``): every tensor keeps its bytes, dtype and shape; only names
+  change. The plan is one ``compute=None`` step per tensor with the stored
+  dtype, so the engine copies each tensor file to file (``copy_file_range``)
+  and the bytes never pass through Python. The output mirrors the input's files
+  (layout ``same-files``): the same file names, container, tensor order, shard
+  assignment, safetensors ``__metadata__`` and torch wrapper (bare or
+  ``{"model": ...}``); a sharded index keeps its shards and ``total_size`` and
+  gets the renamed ``weight_map``. ``--in-place`` writes temp files beside the
+  inputs and renames them over the inputs, the index last.
+* **adapter** (``--adapter OLD --to NEW``): renames one adapter of a
+  multi-adapter directory. The adapter name lives only in the folder layout, so
+  this is a sequence of directory-entry operations planned by the plugin that
+  owns the format (``ckpt_rename_adapter``) and run here one atomic step at a
+  time (``io/dirops.py``).
+* **repair** (``--repair``): the plugin (``ckpt_repair_keys``) says which keys
+  an older release of its library damaged and checks the repaired names
+  against the checkpoint's config; the renames then run like **keys**.
+
+Rules are applied to every name in a fixed order: the exact map (``--map-file``
+entries, then ``--map``, looked up once on the original name, so swaps work),
+``--strip-prefix``, each ``--regex`` in the order given, ``--add-prefix``. A
+rule that matches no name, two tensors ending with one name, or a rule set
+that changes nothing is refused before anything is written.
+
+Regular expressions must match the **whole** name (``re.fullmatch``); the
+replacement is a Python template (``\\1``, ``\\g<name>``). Every pattern is
+compiled in ``compile_regex`` and evaluated in ``regex_rename`` and nowhere
+else, so a time-bounded engine can replace ``re`` in one place; until then the
+name length a pattern is run against is bounded (``MAX_REGEX_NAME_CHARS``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from ckpt_tool.errors import InvalidFile, NotFound, Refused, Unsupported, UsageError
+from ckpt_tool.model import CheckpointInfo, TensorInfo
+from ckpt_tool.ops.layouts import FilePlan, LayoutFiles
+from ckpt_tool.ops.transform import Out, SideFile, Sink, TransformPlan, copy_step
+
+SRC = "in"
+SINK = "out"
+LAYOUT = "same-files"
+
+#: ``--map-file``: larger files are refused (a map for a 1T-parameter model is a few MB).
+MAX_MAP_FILE_BYTES = 64 << 20
+#: ``--regex``: longest pattern accepted (characters).
+MAX_PATTERN_CHARS = 1000
+#: Names longer than this are never handed to a regular expression (``re`` backtracks; this bounds the cost).
+MAX_REGEX_NAME_CHARS = 1024
+#: A new tensor name may not be longer than this (characters).
+MAX_NAME_CHARS = 4096
+#: Suffixes of files that are weights: never copied along as side files by ``--out`` (they would keep old names).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+#: Torch wrappers the writer reproduces: ``{key: state_dict}`` or a bare state dict.
+TORCH_WRAPPERS = ("bare", "model", "state_dict", "module")
+#: Changes listed in errors and notes, at most.
+SHOWN = 8
+
+
+# --- regular expressions: the one place where patterns are compiled and run ---------------------------
+
+
+def compile_regex(text: str) -> re.Pattern[str]:
+    """Compile a ``--regex`` pattern (bounded length; a syntax error is a usage error)."""
+    if len(text) > MAX_PATTERN_CHARS:
+        raise UsageError(f"--regex pattern of {len(text)} characters is longer than {MAX_PATTERN_CHARS}")
+    try:
+        return re.compile(text)
+    except (re.error, RecursionError, OverflowError) as exc:
+        raise UsageError(f"--regex pattern {text!r} is not a valid regular expression ({exc})") from None
+
+
+def check_template(pattern: re.Pattern[str], replacement: str) -> None:
+    """Refuse a replacement that refers to groups the pattern lacks, or ends in a lone backslash."""
+    try:
+        pattern.sub(replacement, "")  # parses the template without needing a match
+    except (re.error, IndexError) as exc:
+        raise UsageError(f"--regex replacement {replacement!r} is not valid for {pattern.pattern!r} ({exc})") from None
+
+
+def regex_rename(pattern: re.Pattern[str], replacement: str, name: str) -> str | None:
+    """The new name when ``pattern`` matches the whole of ``name``, else None.
+
+    Raises ``Refused`` for a name longer than ``MAX_REGEX_NAME_CHARS``: ``re``
+    has no time bound, so the input it sees is bounded instead.
+    """
+    if len(name) > MAX_REGEX_NAME_CHARS:
+        raise Refused(
+            f"tensor name of {len(name)} characters ({name[:60]!r}…) is longer than the {MAX_REGEX_NAME_CHARS} "
+            "characters a --regex is run against",
+            "rename it with --map or --map-file",
+        )
+    m = pattern.fullmatch(name)
+    if m is None:
+        return None
+    try:
+        return m.expand(replacement)
+    except (re.error, IndexError) as exc:
+        raise UsageError(f"--regex replacement {replacement!r}: {exc}") from None
+
+
+# --- rules ---------------------------------------------------------------------------------------------
+
+
+class Rule(Protocol):
+    def apply(self, name: str) -> str | None: ...
+
+    def unmatched(self) -> list[str]: ...
+
+
+@dataclass
+class MapRule:
+    """Exact renames; ``sources`` says where each entry came from (``--map``, ``--map-file F:LINE``)."""
+
+    mapping: dict[str, str]
+    sources: dict[str, str] = field(default_factory=dict)
+    hits: set[str] = field(default_factory=set)
+
+    def apply(self, name: str) -> str | None:
+        new = self.mapping.get(name)
+        if new is not None:
+            self.hits.add(name)
+        return new
+
+    def unmatched(self) -> list[str]:
+        return [f"{self.sources.get(k, '--map')} {k}={v}" for k, v in self.mapping.items() if k not in self.hits]
+
+
+@dataclass
+class PrefixRule:
+    kind: str  # "strip" | "add"
+    prefix: str
+    hits: int = 0
+
+    def apply(self, name: str) -> str | None:
+        if self.kind == "add":
+            self.hits += 1
+            return self.prefix + name
+        if name.startswith(self.prefix):
+            self.hits += 1
+            return name[len(self.prefix) :]
+        return None
+
+    def unmatched(self) -> list[str]:
+        return [] if self.hits else [f"--{self.kind}-prefix {self.prefix}"]
+
+
+@dataclass
+class RegexRule:
+    text: str
+    pattern: re.Pattern[str]
+    replacement: str
+    hits: int = 0
+
+    def apply(self, name: str) -> str | None:
+        new = regex_rename(self.pattern, self.replacement, name)
+        if new is not None:
+            self.hits += 1
+        return new
+
+    def unmatched(self) -> list[str]:
+        return [] if self.hits else [f"--regex {self.text}"]
+
+
+def _split(text: str, option: str) -> tuple[str, str]:
+    """``OLD=NEW`` split at the last ``=`` (patterns may hold ``(?<=``; names never hold ``=`` in practice)."""
+    old, sep, new = text.rpartition("=")
+    if not sep or not old:
+        raise UsageError(f"{option} {text!r}: expected OLD=NEW", f"e.g. {option} 'model.embed.weight=model.wte.weight'")
+    return old, new
+
+
+def read_map_file(path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Parse ``--map-file``: a JSON object ``{"old": "new"}`` or lines ``OLD=NEW`` (``#`` comments, blank lines).
+
+    Hostile input: the size is capped, duplicate keys and non-string values are
+    refused with the line that holds them. Returns (mapping, where each entry was found).
+    """
+    from ckpt_tool.io.sidefiles import read_text
+
+    if not path.exists():
+        raise NotFound(f"{path}: no such map file", "check --map-file")
+    text = read_text(path, "the map file", MAX_MAP_FILE_BYTES)
+    mapping: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    if text.lstrip()[:1] in ("{", "["):
+
+        def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for k, v in items:
+                if k in out:
+                    raise InvalidFile(f"{path}: tensor {k!r} is mapped twice", "each name may appear once")
+                out[k] = v
+            return out
+
+        try:
+            data = json.loads(text, object_pairs_hook=pairs)
+        except InvalidFile:
+            raise
+        except (ValueError, RecursionError) as exc:
+            raise InvalidFile(f"{path}: the map file is not valid JSON ({exc})", "use {\"old\": \"new\", ...}") from None
+        if not isinstance(data, dict):
+            raise InvalidFile(f"{path}: the map file must be a JSON object of old -> new names")
+        for k, v in data.items():
+            if not isinstance(v, str):
+                raise InvalidFile(f"{path}: the new name of {k!r} must be a string, not {type(v).__name__}")
+            mapping[k] = v
+            sources[k] = f"--map-file {path.name}"
+        return mapping, sources
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        old, sep, new = line.rpartition("=")
+        old, new = old.strip(), new.strip()
+        if not sep or not old:
+            raise InvalidFile(f"{path}:{lineno}: expected OLD=NEW, found {line[:80]!r}")
+        if old in mapping:
+            raise InvalidFile(f"{path}:{lineno}: tensor {old!r} is mapped twice (first at {sources[old]})")
+        mapping[old] = new
+        sources[old] = f"{path.name}:{lineno}"
+    return mapping, sources
+
+
+def parse_rules(
+    maps: Sequence[str] = (),
+    regexes: Sequence[str] = (),
+    strip_prefix: str | None = None,
+    add_prefix: str | None = None,
+    map_file: Path | None = None,
+) -> list[Rule]:
+    """The rules in application order. Raises ``UsageError`` for malformed options."""
+    rules: list[Rule] = []
+    mapping: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    if map_file is not None:
+        mapping, sources = read_map_file(map_file)
+    for text in maps:
+        old, new = _split(text, "--map")
+        if old in mapping and mapping[old] != new:
+            raise UsageError(
+                f"--map {text!r} conflicts with {sources.get(old, '--map')} {old}={mapping[old]}",
+                "map each name once",
+            )
+        mapping[old] = new
+        sources.setdefault(old, "--map")
+    if mapping or map_file is not None:
+        rules.append(MapRule(mapping, sources))
+    if strip_prefix is not None:
+        if not strip_prefix:
+            raise UsageError("--strip-prefix needs a non-empty prefix")
+        rules.append(PrefixRule("strip", strip_prefix))
+    for text in regexes:
+        pat, repl = _split(text, "--regex")
+        pattern = compile_regex(pat)
+        check_template(pattern, repl)
+        rules.append(RegexRule(text, pattern, repl))
+    if add_prefix is not None:
+        if not add_prefix:
+            raise UsageError("--add-prefix needs a non-empty prefix")
+        rules.append(PrefixRule("add", add_prefix))
+    return rules
+
+
+def apply_rules(names: Iterable[str], rules: Sequence[Rule]) -> dict[str, str]:
+    """``{old: new}`` for every name the rules change; refuses rules that match nothing."""
+    renames: dict[str, str] = {}
+    for name in names:
+        current = name
+        for rule in rules:
+            new = rule.apply(current)
+            if new is not None:
+                current = new
+        if current != name:
+            renames[name] = current
+    unmatched = [u for rule in rules for u in rule.unmatched()]
+    if unmatched:
+        raise Refused(
+            f"{len(unmatched)} rule(s) match no tensor name:\n" + "\n".join(f"  - {u}" for u in unmatched[:SHOWN])
+            + (f"\n  … and {len(unmatched) - SHOWN} more" if len(unmatched) > SHOWN else ""),
+            "check the names with 'ckpt-tool inspect PATH --tensors'; nothing was written",
+        )
+    return renames
+
+
+def check_names(names: Sequence[str], renames: dict[str, str], container: str | None) -> None:
+    """Refuse results that cannot be written or loaded: empty, huge or unencodable names, and collisions."""
+    bad: list[str] = []
+    for old, new in renames.items():
+        why = None
+        if not new:
+            why = "is empty"
+        elif len(new) > MAX_NAME_CHARS:
+            why = f"is longer than {MAX_NAME_CHARS} characters"
+        elif "\0" in new:
+            why = "contains a NUL character"
+        elif new == "__metadata__" and container in ("safetensors", "mixed"):
+            why = "is reserved by safetensors for the file's metadata"
+        else:
+            try:
+                new.encode("utf-8")
+            except UnicodeEncodeError:
+                why = "is not valid UTF-8 text"
+        if why:
+            bad.append(f"{old!r} -> {new[:80]!r} {why}")
+    if bad:
+        raise Refused(
+            f"{len(bad)} new name(s) cannot be written:\n" + "\n".join(f"  - {b}" for b in bad[:SHOWN]),
+            "change the rule; nothing was written",
+        )
+    final: dict[str, list[str]] = {}
+    for name in names:
+        final.setdefault(renames.get(name, name), []).append(name)
+    clashes = {new: olds for new, olds in final.items() if len(olds) > 1}
+    if clashes:
+        lines = [f"  - {new!r} <- {', '.join(repr(o) for o in olds[:4])}" for new, olds in list(clashes.items())[:SHOWN]]
+        raise Refused(
+            f"{len(clashes)} new name(s) would be given to several tensors:\n" + "\n".join(lines)
+            + (f"\n  … and {len(clashes) - SHOWN} more" if len(clashes) > SHOWN else ""),
+            "two tensors cannot share a name; change the rules; nothing was written",
+        )
+
+
+# --- the mirrored output layout ---------------------------------------------------------------------------
+
+
+@dataclass
+class SameFilesLayout:
+    """The input's own files with renamed tensors: same file names, container, order, shards, metadata, wrapper.
+
+    ``Sink.options["files"]``: ``[{"name": path relative to the sink dir, "container",
+    "tensors": [new names in file order], "metadata", "wrapper"}]``; ``options["index"]``:
+    ``{"name", "data"}`` (the rewritten shard index, published after every shard).
+    Registered by the ``safetensors`` plugin (it owns plain containers and shard indexes).
+    """
+
+    name: str = LAYOUT
+    description: str = (
+        "the input's own files (rename): same file names, containers, tensor order, shards, metadata and wrapper"
+    )
+    target: str = "dir"
+
+    def files(self, sink: Sink, outs: Sequence[Out]) -> LayoutFiles:
+        spec = sink.options.get("files") or []
+        listed = [n for f in spec for n in f["tensors"]]
+        if sorted(listed) != sorted(o.name for o in outs):
+            raise Unsupported("layout 'same-files': the files do not list exactly the plan's tensors (bug)")
+        weights = [
+            FilePlan(sink.path / f["name"], f["container"], list(f["tensors"]), f.get("metadata"), f.get("wrapper"))
+            for f in spec
+        ]
+        index = sink.options.get("index")
+        return LayoutFiles(weights, [SideFile(index["name"], data=index["data"])] if index else [])
+
+
+# --- what is being renamed ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _File:
+    path: Path  # absolute
+    container: str
+    tensors: list[TensorInfo]  # file order
+    metadata: dict[str, str] | None = None
+    wrapper: str | None = None
+    shared: int = 0  # torch: tensors sharing a storage with another one
+
+
+@dataclass
+class Source:
+    """The files of one checkpoint whose tensors are renamed."""
+
+    info: CheckpointInfo
+    directory: Path  # where the files live (relative names are taken from here)
+    is_dir: bool  # a directory checkpoint (--out names a directory) or one file
+    files: list[_File]
+    index_file: Path | None = None
+    index: dict[str, Any] | None = None
+
+    @property
+    def tensors(self) -> list[TensorInfo]:
+        return [t for f in self.files for t in f.tensors]
+
+    @property
+    def container(self) -> str:
+        kinds = {f.container for f in self.files}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def gather(info: CheckpointInfo, path: Path) -> Source:
+    """Read every weights file of ``info`` (headers only) in file order; refuse what cannot be rewritten."""
+    from ckpt_tool.io.container import read_container
+
+    order: list[str] = []
+    for t in info.tensors:
+        if t.file not in order:
+            order.append(t.file)
+    if not order:
+        raise Refused(f"{info.path}: holds no tensors, so there is nothing to rename")
+    files: list[_File] = []
+    wanted = {t.name for t in info.tensors}
+    for name in order:
+        c = read_container(name)
+        tensors = list(c.tensors.values())
+        if c.kind == "torch":
+            tz = c.torch
+            assert tz is not None
+            if tz.wrapper not in TORCH_WRAPPERS or tz.extras or tz.other_tensors > 0:
+                what = ", ".join(tz.extras[:4]) if tz.extras else "values other than a state dict"
+                raise Unsupported(
+                    f"{name}: holds {what} besides the weights; rename rewrites plain state dicts only "
+                    "(bare or under 'model' / 'state_dict' / 'module')",
+                    "save the weights alone (torch.save(ckpt['model'], PATH)) and rename that file",
+                )
+            storages: dict[str, int] = {}
+            for t in tensors:
+                if t.storage_key is not None:
+                    storages[t.storage_key] = storages.get(t.storage_key, 0) + 1
+            shared = sum(n for n in storages.values() if n > 1)
+            f = _File(Path(os.path.abspath(name)), "torch", tensors, None, None if tz.wrapper == "bare" else tz.wrapper)
+            f.shared = shared
+        else:
+            f = _File(Path(os.path.abspath(name)), "safetensors", tensors, dict(c.metadata) or None)
+        missing = [t.name for t in tensors if t.name not in wanted]
+        if missing:
+            raise Unsupported(f"{name}: holds tensor {missing[0]!r} that the checkpoint does not list (bug)")
+        files.append(f)
+    details = info.details or {}
+    index_file = details.get("index_file")
+    index = details.get("index") if index_file else None
+    directory = Path(os.path.abspath(details.get("dir") or (path if path.is_dir() else files[0].path.parent)))
+    is_dir = path.is_dir() or len(files) > 1 or index_file is not None
+    return Source(info, directory, is_dir, files, Path(os.path.abspath(index_file)) if index_file else None, index)
+
+
+def _rel(src: Source, file: Path) -> str:
+    rel = os.path.relpath(file, src.directory)
+    if rel.startswith(".."):
+        raise Unsupported(f"{file} lies outside {src.directory}; rename its directory's checkpoint instead")
+    return rel
+
+
+def _index_data(src: Source, renames: dict[str, str]) -> bytes | None:
+    """The shard index with the renamed ``weight_map`` (same shards, every other field as it was)."""
+    if src.index is None or src.index_file is None:
+        return None
+    doc = dict(src.index)
+    old_map: dict[str, str] = doc["weight_map"]
+    new_map = {renames.get(k, k): v for k, v in old_map.items()}
+    if list(old_map) == sorted(old_map):
+        new_map = dict(sorted(new_map.items()))  # save_pretrained writes it sorted: keep it so
+    doc["weight_map"] = new_map
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def _side_files(src: Source, out_dir: Path) -> tuple[list[SideFile], list[str]]:
+    """Top-level regular files of the input directory that travel to ``--out`` (configs, tokenizer, model card).
+
+    Not copied (and named in the notes): the weights files themselves and their
+    index (rewritten), other weights-like files (they would keep the old names),
+    hidden files, symlinks (a downloaded checkpoint's link could point at any
+    file of the machine) and folders.
+    """
+    own = {f.path.name for f in src.files} | ({src.index_file.name} if src.index_file else set())
+    side: list[SideFile] = []
+    skipped: list[str] = []
+    try:
+        entries = sorted(os.scandir(src.directory), key=lambda e: e.name)
+    except OSError:
+        return side, skipped
+    for e in entries[:10_000]:
+        if e.name in own or e.name.startswith("."):
+            continue
+        if e.is_symlink():
+            skipped.append(f"{e.name} (symlink)")
+        elif e.is_dir(follow_symlinks=False):
+            skipped.append(f"{e.name}/ (folder)")
+        elif not e.is_file(follow_symlinks=False):
+            continue
+        elif e.name.endswith(WEIGHT_SUFFIXES) or e.name.endswith(".index.json"):
+            skipped.append(f"{e.name} (weights not renamed)")
+        else:
+            side.append(SideFile(e.name, src=Path(e.path)))
+    return side, skipped
+
+
+def key_plan(
+    src: Source, renames: dict[str, str], out: Path | None, in_place: bool
+) -> tuple[TransformPlan, list[Path], list[str]]:
+    """(plan, files replaced in place, notes): one byte-copy step per tensor into the mirrored files."""
+    notes: list[str] = []
+    steps = [
+        copy_step(SRC, t.name, SINK, renames.get(t.name, t.name), t.dtype, t.shape, "renamed" if t.name in renames else "same name")
+        for t in src.tensors
+    ]
+    side: list[SideFile] = []
+    replace: list[Path] = []
+    if in_place:
+        sink_dir = src.directory
+        names = {f.path: _rel(src, f.path) for f in src.files}
+        replace = [f.path for f in src.files] + ([src.index_file] if src.index_file else [])
+    elif src.is_dir:
+        assert out is not None
+        sink_dir = Path(os.path.abspath(out))
+        names = {f.path: _rel(src, f.path) for f in src.files}
+        side, skipped = _side_files(src, sink_dir)
+        if skipped:
+            notes.append(
+                "not copied to --out: " + ", ".join(skipped[:SHOWN]) + (f" and {len(skipped) - SHOWN} more" if len(skipped) > SHOWN else "")
+            )
+    else:
+        assert out is not None
+        target = out / src.files[0].path.name if (out.is_dir() or str(out).endswith(os.sep)) else out
+        target = Path(os.path.abspath(target))
+        sink_dir = target.parent
+        names = {src.files[0].path: target.name}
+    files = [
+        {
+            "name": names[f.path],
+            "container": f.container,
+            "tensors": [renames.get(t.name, t.name) for t in f.tensors],
+            "metadata": f.metadata,
+            "wrapper": f.wrapper,
+        }
+        for f in src.files
+    ]
+    options: dict[str, Any] = {"files": files}
+    data = _index_data(src, renames)
+    if data is not None:
+        assert src.index_file is not None
+        options["index"] = {"name": os.path.relpath(src.index_file, src.directory), "data": data}
+    shared = sum(f.shared for f in src.files)
+    if shared:
+        notes.append(
+            f"{shared} tensors shared a storage with another tensor in the torch file; each is written with its own "
+            "storage (same values; the file grows by the shared tensors' size)"
+        )
+    plan = TransformPlan({SRC: src.info}, steps, {SINK: Sink(LAYOUT, sink_dir, options, side)})
+    return plan, replace, notes
+
+
+# --- file operations (adapter renames) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileOp:
+    """One directory-entry step of an adapter rename, atomic on its own.
+
+    ``op``: ``mkdir`` (``path``), ``link`` (``path`` → new name ``to``; a copy where hard
+    links are not available), ``rename`` (``path`` → ``to``, never replacing),
+    ``unlink`` (``path``), ``rmdir`` (``path``, empty).
+    """
+
+    op: str
+    path: Path
+    to: Path | None = None
+    why: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"op": self.op, "path": str(self.path)}
+        if self.to is not None:
+            data["to"] = str(self.to)
+        if self.why:
+            data["why"] = self.why
+        return data
+
+
+OPS = ("mkdir", "link", "rename", "unlink", "rmdir")
+
+
+@dataclass
+class AdapterRenamePlan:
+    """What ``ckpt_rename_adapter`` returns: the steps in order, each leaving a loadable directory behind.
+
+    ``resumed``: the directory is in the half-done state of an interrupted earlier run
+    of the same rename; ``ops`` are the remaining steps.
+    """
+
+    old: str
+    new: str
+    source_dir: Path
+    target_dir: Path
+    ops: list[FileOp]
+    resumed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KeyRepair:
+    """What ``ckpt_repair_keys`` returns: renames (empty: nothing damaged) and the checks they passed.
+
+    ``path`` is the adapter's own directory (detected again and rewritten); ``checks``
+    are sentences saying what was verified against the config before anything is written.
+    """
+
+    adapter: str
+    path: Path
+    renames: dict[str, str]
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _do(op: FileOp) -> str:
+    """Run one step (module-level so crash tests can stop the sequence between steps)."""
+    from ckpt_tool.io import dirops
+
+    if op.op == "mkdir":
+        dirops.mkdir_durably(op.path)
+        return "created"
+    if op.op == "link":
+        assert op.to is not None
+        return dirops.link_or_copy(op.path, op.to)
+    if op.op == "rename":
+        assert op.to is not None
+        dirops.rename_noreplace(op.path, op.to)
+        return "renamed"
+    if op.op == "unlink":
+        dirops.unlink_durably(op.path)
+        return "removed"
+    if op.op == "rmdir":
+        dirops.rmdir_durably(op.path)
+        return "removed"
+    raise Unsupported(f"unknown file operation {op.op!r} (plugin bug)")
+
+
+def run_file_ops(ops: Sequence[FileOp]) -> list[str]:
+    """Run ``ops`` in order, each durable (fsynced) before the next starts; returns what each did."""
+    for op in ops:
+        if op.op not in OPS:
+            raise Unsupported(f"unknown file operation {op.op!r} (plugin bug)")
+    done: list[str] = []
+    try:
+        for op in ops:
+            try:
+                done.append(_do(op))
+            except FileExistsError as exc:
+                raise Refused(
+                    f"{exc.filename}: appeared while renaming (another process is writing here?)",
+                    "nothing was replaced; run the command again to finish the rename",
+                ) from None
+    except BaseException:
+        _undo_temp_dirs(ops[: len(done)])
+        raise
+    return done
+
+
+def _undo_temp_dirs(done: Sequence[FileOp]) -> None:
+    """After a failure (or Ctrl-C): remove temp-named folders this run created and has not renamed yet.
+
+    Everything else already done stays: each step left a loadable state, and a
+    rerun finishes from there. A ``kill -9`` skips this; the plugin's next plan
+    removes such folders (their names say which dead process made them).
+    """
+    import contextlib
+
+    from ckpt_tool.io.atomic import TEMP_PREFIX
+
+    renamed = {op.path for op in done if op.op == "rename"}
+    for op in done:
+        if op.op == "mkdir" and op.path.name.startswith(TEMP_PREFIX) and op.path not in renamed:
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(op.path):
+                    if entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+                os.rmdir(op.path)
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+def _plugin_manager() -> Any:
+    from ckpt_tool.plugins import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+def _select_adapter(info: CheckpointInfo, adapter: str | None) -> CheckpointInfo:
+    """The adapter ``adapter`` of a multi-adapter checkpoint, detected on its own (``--adapter`` for key renames)."""
+    from ckpt_tool.ops.inspect import detect
+
+    if adapter is None:
+        return info
+    found = (info.details or {}).get("adapters") or {}
+    if not found:
+        raise UsageError(f"{info.path}: --adapter applies to directories of named adapters; this is a {info.format} {info.kind}")
+    if adapter not in found:
+        raise NotFound(f"{info.path}: no adapter named {adapter!r}", "choose one of: " + ", ".join(sorted(found)))
+    if adapter == (info.details or {}).get("adapter_name"):
+        return info
+    return detect(Path(found[adapter]["dir"]))
+
+
+def _check_out(path: Path, src: Source, out: Path | None) -> None:
+    if out is None:
+        return
+    if os.path.abspath(out) == os.path.abspath(path) or (src.is_dir and os.path.abspath(out) == str(src.directory)):
+        raise Refused(f"--out {out} is the input itself", "use --in-place to rewrite it, or choose another --out")
+    if src.is_dir and out.exists() and not out.is_dir():
+        raise Refused(f"--out {out} is a file", "the input is a directory checkpoint: --out names a directory")
+
+
+def _changes(renames: dict[str, str], order: Sequence[str]) -> list[dict[str, str]]:
+    return [{"old": n, "new": renames[n]} for n in order if n in renames]
+
+
+def _run_keys(
+    path: Path,
+    info: CheckpointInfo,
+    renames: dict[str, str],
+    out: Path | None,
+    in_place: bool,
+    force: bool,
+    dry_run: bool,
+    progress: bool,
+) -> dict[str, Any]:
+    from ckpt_tool.ops import engine
+
+    src = gather(info, path)
+    _check_out(path, src, out)
+    names = [t.name for t in src.tensors]
+    check_names(names, renames, src.container)
+    plan, replace, notes = key_plan(src, renames, out, in_place)
+    target = engine.resolve(plan)
+    if not in_place:
+        inputs = {str(f.path) for f in src.files}
+        same = [str(p) for p in target.weights() if os.path.abspath(p) in inputs]
+        if same:
+            raise Refused(f"--out {out} would write over the input {same[0]}", "use --in-place, or choose another --out")
+    report = engine.execute(
+        plan, force=force, dry_run=dry_run, progress=progress, label="renaming", target=target, replace=replace
+    )
+    counts = report.counts
+    summary: dict[str, Any] = {
+        "source": str(path),
+        "source_format": info.format,
+        "kind": info.kind,
+        "container": src.container,
+        "in_place": in_place,
+        "dry_run": dry_run,
+        "outputs": [str(p) for p in target.all_paths(plan)],
+        "changes": _changes(renames, names),
+        "tensors": {
+            "tensors": counts["tensors"],
+            "renamed": len(renames),
+            "unchanged": counts["tensors"] - len(renames),
+            **{k: counts[k] for k in ("copied", "cast", "computed", "bytes")},
+        },
+    }
+    if notes:
+        summary["notes"] = notes
+    if report.removed_temps:
+        summary["removed_temp_files"] = report.removed_temps
+    return summary
+
+
+def rename_keys(
+    path: Path,
+    *,
+    maps: Sequence[str] = (),
+    regexes: Sequence[str] = (),
+    strip_prefix: str | None = None,
+    add_prefix: str | None = None,
+    map_file: Path | None = None,
+    adapter: str | None = None,
+    out: Path | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Rename tensors of the checkpoint at ``path``; returns the JSON summary. Writes nothing on any error."""
+    from ckpt_tool.ops.inspect import detect
+
+    started = time.perf_counter()
+    rules = parse_rules(maps, regexes, strip_prefix, add_prefix, map_file)
+    if not rules:
+        raise UsageError("nothing to rename", "give --map, --map-file, --regex, --strip-prefix or --add-prefix")
+    if out is None and not in_place and not dry_run:
+        raise UsageError("say where to write", "--out OUT writes a new checkpoint, --in-place rewrites the input")
+    info = _select_adapter(detect(path), adapter)
+    names = [t.name for t in info.tensors]
+    renames = apply_rules(names, rules)
+    if not renames:
+        raise Refused("the rules change no tensor name", "nothing was written; check them with --dry-run")
+    if out is None:
+        in_place = True  # a --dry-run without --out previews the in-place rewrite
+    summary = {"operation": "keys"}
+    summary.update(_run_keys(path, info, renames, out, in_place, force, dry_run, progress))
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def repair(
+    path: Path,
+    *,
+    adapter: str | None = None,
+    out: Path | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Restore keys damaged on disk (asks the format's plugin); in place unless ``out``. Returns the summary."""
+    from ckpt_tool.ops.inspect import detect
+
+    started = time.perf_counter()
+    info = detect(path)
+    result = _plugin_manager().hook.ckpt_repair_keys(source=info, adapter=adapter)
+    if result is None:
+        raise Unsupported(
+            f"{path}: no plugin repairs keys of a {info.format} {info.kind}",
+            "--repair restores PEFT adapters saved by PEFT <= 0.17 under a name like 'lora'",
+        )
+    summary: dict[str, Any] = {"operation": "repair", "adapter": result.adapter}
+    if not result.renames:
+        summary.update(
+            {
+                "source": str(path),
+                "source_format": info.format,
+                "kind": info.kind,
+                "in_place": out is None,
+                "dry_run": dry_run,
+                "outputs": [],
+                "changes": [],
+                "checks": list(result.checks),
+                "notes": ["nothing to repair: no damaged key was found; nothing was written", *result.notes],
+                "tensors": {"tensors": len(info.tensors), "renamed": 0, "unchanged": len(info.tensors)},
+            }
+        )
+    else:
+        target = detect(result.path)
+        summary.update(_run_keys(result.path, target, result.renames, out, out is None, force, dry_run, progress))
+        summary["checks"] = list(result.checks)
+        if result.notes:
+            summary["notes"] = [*summary.get("notes", []), *result.notes]
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def rename_adapter(path: Path, old: str, new: str, *, dry_run: bool = False) -> dict[str, Any]:
+    """Rename adapter ``old`` to ``new`` (a directory operation planned by the format's plugin)."""
+    from ckpt_tool.ops.inspect import detect
+
+    started = time.perf_counter()
+    if old == new:
+        raise UsageError(f"--adapter {old!r} --to {new!r}: the names are the same")
+    info = detect(path)
+    plan = _plugin_manager().hook.ckpt_rename_adapter(source=info, old=old, new=new)
+    if plan is None:
+        raise Unsupported(
+            f"{path}: a {info.format} {info.kind} has no named adapters to rename",
+            "--adapter/--to renames an adapter of a PEFT directory; rename tensors with --map / --regex",
+        )
+    summary: dict[str, Any] = {
+        "operation": "adapter",
+        "source": str(path),
+        "source_format": info.format,
+        "kind": info.kind,
+        "adapter": old,
+        "to": new,
+        "from_dir": str(plan.source_dir),
+        "to_dir": str(plan.target_dir),
+        "dry_run": dry_run,
+        "resumed": plan.resumed,
+        "steps": [op.to_json() for op in plan.ops],
+    }
+    if not dry_run:
+        for step, how in zip(summary["steps"], run_file_ops(plan.ops)):
+            step["done"] = how
+    if plan.notes:
+        summary["notes"] = list(plan.notes)
+    summary["seconds"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+def rename(
+    path: Path,
+    *,
+    maps: Sequence[str] = (),
+    regexes: Sequence[str] = (),
+    strip_prefix: str | None = None,
+    add_prefix: str | None = None,
+    map_file: Path | None = None,
+    adapter: str | None = None,
+    to: str | None = None,
+    do_repair: bool = False,
+    out: Path | None = None,
+    in_place: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The ``rename`` command: check the option combination, then run one of the three operations."""
+    keys = bool(maps or regexes or map_file is not None or strip_prefix is not None or add_prefix is not None)
+    chosen = [name for name, on in (("key rules", keys), ("--to", to is not None), ("--repair", do_repair)) if on]
+    if len(chosen) > 1:
+        raise UsageError(f"{' and '.join(chosen)} cannot be combined", "rename keys, rename an adapter or repair: one per run")
+    if not chosen:
+        raise UsageError(
+            "nothing to do",
+            "give key rules (--map, --map-file, --regex, --strip-prefix, --add-prefix), --adapter OLD --to NEW, or --repair",
+        )
+    if out is not None and in_place:
+        raise UsageError("--out and --in-place cannot be combined", "write a new checkpoint with --out, or rewrite the input with --in-place")
+    if to is not None:
+        if adapter is None:
+            raise UsageError("--to NEW needs --adapter OLD", "e.g. --adapter default --to chat")
+        if out is not None:
+            raise UsageError("--out does not apply to an adapter rename", "the adapter's folder is renamed where it is")
+        if force:
+            raise UsageError("--force does not apply to an adapter rename", "an existing adapter or folder is never replaced")
+        return rename_adapter(path, adapter, to, dry_run=dry_run)
+    if do_repair:
+        return repair(path, adapter=adapter, out=out, force=force, dry_run=dry_run, progress=progress)
+    return rename_keys(
+        path,
+        maps=maps,
+        regexes=regexes,
+        strip_prefix=strip_prefix,
+        add_prefix=add_prefix,
+        map_file=map_file,
+        adapter=adapter,
+        out=out,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+        progress=progress,
+    )
+
+
+__all__ = [
+    "rename",
+    "AdapterRenamePlan",
+    "FileOp",
+    "KeyRepair",
+    "SameFilesLayout",
+    "apply_rules",
+    "compile_regex",
+    "parse_rules",
+    "regex_rename",
+    "rename_adapter",
+    "rename_keys",
+    "repair",
+    "run_file_ops",
+]
