@@ -558,6 +558,34 @@ def test_bad_adapter_names_are_refused_with_the_reason(cli, tmp_path, new, code,
     assert snapshot(root) == before
 
 
+def test_names_of_the_base_models_modules_are_refused(cli, tmp_path):
+    """'up_proj' is in no adapter key here, but the base model recorded in the config has it; 'mlp' is refused as
+    a module name of most transformers models even when nothing here shows it."""
+    base = tmp_path / "base"
+    st_file(base / "model.safetensors", model_tensors())
+    root = peft_root(tmp_path / "run", named=("other", "third"))
+    cfg = json.loads((root / "adapter_config.json").read_text())
+    (root / "adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": str(base)}))
+    res = cli("rename", root, "--adapter", "third", "--to", "up_proj")
+    assert res.code == 6 and "'model.layers.0.mlp.up_proj.weight', in the base model" in res.stderr, res.stderr
+    assert cli("rename", root, "--adapter", "third", "--to", "style").code == 0
+    bare = peft_root(tmp_path / "bare")  # no mlp in its keys, no base model to read
+    res = cli("rename", bare, "--adapter", "other", "--to", "mlp")
+    assert res.code == 6 and "most transformers models" in res.stderr
+
+
+def test_fold_keeps_every_character_within_the_width():
+    from ckpt_tool.commands.rename import change_table, fold
+
+    name = "base_model.model.model.layers.10.self_attn.q_proj.lora_magnitude_vector_with_a_very_long_tail_x"
+    for width in (8, 20, 37):
+        lines = fold(name, width)
+        assert all(len(line) <= width for line in lines)
+        assert "".join(line.removeprefix("  ") if i else line for i, line in enumerate(lines)) == name
+    table = change_table([{"old": name, "new": name + ".renamed"}, {"old": "a", "new": "b"}])
+    assert all(len(line) <= 80 for line in table.splitlines())
+
+
 def test_existing_targets_and_unknown_adapters(cli, tmp_path):
     root = peft_root(tmp_path / "run")
     (root / "taken").mkdir()

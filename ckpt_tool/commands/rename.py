@@ -13,18 +13,20 @@ from ckpt_tool import render
 
 #: Human output fits this many columns; longer names are folded (after a '.', where possible).
 WIDTH = 80
-INDENT = "  "
+INDENT = ""
 ARROW = " \u2192 "
 
 
 def fold(text: str, width: int) -> list[str]:
-    """``text`` cut into lines of at most ``width`` characters, preferably just after a ``.``;
+    """``text`` cut into lines of at most ``width`` characters, preferably just after a ``.`` (else a ``_``);
     continuation lines start with two spaces (and so hold two characters less)."""
     width = max(width, 8)
     lines: list[str] = []
     room = width
     while len(text) > room:
         cut = text.rfind(".", 0, room) + 1
+        if cut < room // 2:
+            cut = text.rfind("_", 0, room) + 1
         if cut < room // 2:
             cut = room
         lines.append(text[:cut])
@@ -87,24 +89,24 @@ def _keys_human(s: dict[str, Any]) -> str:
     what = f"{s.get('source_format')} {s.get('kind')}"
     if repair:
         what = f"PEFT adapter '{s.get('adapter')}'"
-    where = " (in place)" if s.get("in_place") else ""
+    where = " (in place)" if s.get("in_place") and not dry else ""
     if repair and not s.get("changes"):
         lines = [f"nothing to repair in {what} {s['source']}: no damaged key found; nothing written"]
     else:
         verb = ("would repair" if dry else "repaired") if repair else ("would rename" if dry else "renamed")
         noun = "damaged keys" if repair else "tensors"
         lines = [f"{verb} {t.get('renamed', 0)} of {t.get('tensors', 0)} {noun} of {what} {s['source']}{where}"]
-        if dry:
-            lines[0] += " (dry run: nothing written)"
     lines = [line for head in lines for line in wrap(head)]
+    if dry:
+        lines.append("  dry run: nothing written")
     if dry and s.get("changes"):
         lines.append(change_table(s["changes"]))
     elif s.get("changes"):
         size = render.human_bytes(t.get("bytes", 0))
         lines.extend(
             wrap(
-                f"{t.get('tensors', 0)} tensors written ({t.get('copied', 0)} copied unchanged, "
-                f"{t.get('cast', 0)} cast, {t.get('computed', 0)} computed), {size}, {s.get('seconds', 0):.2f} s",
+                f"{t.get('tensors', 0)} tensors, {size}: {t.get('copied', 0)} copied unchanged, "
+                f"{t.get('cast', 0)} cast, {t.get('computed', 0)} computed ({s.get('seconds', 0):.2f}s)",
                 "  ",
             )
         )
@@ -125,9 +127,9 @@ def _adapter_human(s: dict[str, Any]) -> str:
     head = f"{verb} adapter '{s['adapter']}' to '{s['to']}' in {s['source']}"
     if s.get("resumed"):
         head += " (finishing an interrupted rename)"
-    if dry:
-        head += " (dry run: nothing changed)"
     lines = wrap(head)
+    if dry:
+        lines.append("  dry run: nothing changed")
     root = s.get("source") or ""
     root = root if os.path.isdir(root) else os.path.dirname(root)
     for step in s.get("steps", []):

@@ -43,7 +43,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import NotFound, Refused, Unsupported, UsageError
+from ckpt_tool.errors import CkptError, NotFound, Refused, Unsupported, UsageError
 from ckpt_tool.io.atomic import TEMP_PREFIX, is_stale_temp, temp_prefix
 from ckpt_tool.io.container import read_container
 from ckpt_tool.io.dirops import same_content
@@ -108,19 +108,52 @@ def folder_name_problems(name: str) -> list[str]:
     return problems
 
 
+#: Module names of most transformers LLMs (LLaMA/Mistral/Qwen/Gemma, GPT-2, GPT-NeoX, Falcon, Phi), refused
+#: even when neither the saved keys nor a local base model show them: adding an adapter on the MLP later
+#: would hit PEFT #3584 just the same.
+COMMON_SEGMENTS = (
+    "model", "layers", "h", "transformer", "decoder", "encoder", "gpt_neox", "self_attn", "attn", "attention",
+    "self_attention", "mlp", "embed_tokens", "lm_head", "norm", "ln_f", "wte", "embed_in", "embed_out",
+)  # fmt: skip
+
+
 def _segments(adapters: dict[str, Path]) -> dict[str, str]:
-    """Every module path segment of the saved keys of every adapter here -> an example module path."""
+    """Module path segments the adapters here live in -> where they occur.
+
+    From the saved keys of every adapter of the directory, the tensor names of the
+    base model when ``base_model_name_or_path`` is a local directory (headers only;
+    never downloads), the parameter names PEFT builds, and ``COMMON_SEGMENTS``.
+    """
     out: dict[str, str] = {}
+
+    def add(names: Any, where: str) -> None:
+        for name in names:
+            module = name.removeprefix(KEY_PREFIX)
+            for seg in module.split("."):
+                out.setdefault(seg, f"e.g. {module!r}, {where}")
+
+    bases: list[Path] = []
     for directory in adapters.values():
         weights = next((directory / n for n in WEIGHTS_NAMES if (directory / n).is_file()), None)
-        if weights is None:
+        if weights is not None:
+            add(read_container(weights).tensors, "a saved adapter key")
+        try:
+            base = parse_config(directory / CONFIG_NAME).get("base_model_name_or_path")
+        except CkptError:
+            base = None
+        if isinstance(base, str) and base and os.path.isdir(base) and Path(base) not in bases:
+            bases.append(Path(base))
+    for base in bases[:4]:
+        from ckpt_tool.ops.inspect import detect
+
+        try:
+            add([t.name for t in detect(base).tensors], "in the base model")
+        except (CkptError, OSError):
             continue
-        for key in read_container(weights).tensors:
-            module = key.removeprefix(KEY_PREFIX)
-            for seg in module.split("."):
-                out.setdefault(seg, module)
     for seg in LIVE_SEGMENTS:
-        out.setdefault(seg, f"….{seg}.<adapter name>… (a parameter name PEFT builds)")
+        out.setdefault(seg, f"PEFT names its parameters '….{seg}.<adapter name>…'")
+    for seg in COMMON_SEGMENTS:
+        out.setdefault(seg, "a module name in the paths of most transformers models")
     return out
 
 
@@ -135,7 +168,7 @@ def name_problems(name: str, peft_type: str, segments: dict[str, str]) -> list[s
         )
     if name in segments:
         problems.append(
-            f"'{name}' equals a module path segment (e.g. in {segments[name]!r}) (PEFT #3584): when PEFT saves the "
+            f"'{name}' equals a module path segment ({segments[name]}; PEFT #3584): when PEFT saves the "
             f"other adapters of the model, it silently drops every tensor whose key contains '.{name}.'"
         )
     return problems
