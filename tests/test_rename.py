@@ -332,6 +332,34 @@ def test_in_place_failure_leaves_the_input_byte_identical(cli, tmp_path, monkeyp
     assert snapshot(tmp_path) == before and not temps(tmp_path)
 
 
+def test_failed_out_leaves_no_folder_behind(cli, tmp_path, monkeypatch):
+    import errno
+
+    from ckpt_tool.io import writers
+
+    src = sharded_dir(tmp_path / "hf")
+
+    def full_disk(*args, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers, "copy_range", full_disk)
+    res = cli("rename", src, "--strip-prefix", "model.", "--out", tmp_path / "new" / "out")
+    assert res.code == 9
+    assert not (tmp_path / "new").exists() and not temps(tmp_path)
+
+
+def test_repair_of_a_bin_adapter(cli, tmp_path):
+    d = adapter_dir(tmp_path / "lora", damaged=True)
+    t = load_file(str(d / "adapter_model.safetensors"))
+    (d / "adapter_model.safetensors").unlink()
+    torch.save(t, d / "adapter_model.bin")
+    res = cli("rename", d, "--repair")
+    assert res.code == 0, res.stderr
+    got = torch.load(d / "adapter_model.bin", weights_only=True)
+    good = lora_tensors()
+    assert got.keys() == good.keys() and all(torch.equal(got[k], good[k]) for k in good)
+
+
 def test_in_place_refuses_a_symlinked_input(cli, tmp_path):
     real = st_file(tmp_path / "blobs" / "abc", model_tensors())
     (tmp_path / "snap").mkdir()
@@ -399,9 +427,9 @@ def test_hostile_map_files(cli, tmp_path, content, needle):
 
 
 def test_map_file_size_is_capped(cli, tmp_path, monkeypatch):
-    from ckpt_tool.ops import rename as op
+    from ckpt_tool.ops import rename_rules
 
-    monkeypatch.setattr(op, "MAX_MAP_FILE_BYTES", 100)
+    monkeypatch.setattr(rename_rules, "MAX_MAP_FILE_BYTES", 100)
     src = st_file(tmp_path / "m.safetensors", model_tensors())
     (tmp_path / "big").write_text("a=b\n" * 100)
     res = cli("rename", src, "--map-file", tmp_path / "big", "--in-place")
