@@ -62,6 +62,8 @@ def sharded_dir(d: Path, total_size: int | None = None) -> Path:
     (d / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     (d / "tokenizer.json").write_text("{}")
     (d / "training_args.bin").write_bytes(b"not copied")
+    torch.save({"x": torch.ones(1)}, d / "extra.pth.lora")  # weights by content and by name: not copied either
+    (d / "notes").write_bytes(b"PK\x03\x04 a zip, whatever its name")
     return d
 
 
@@ -269,6 +271,7 @@ def test_sharded_out_keeps_shards_and_renames_the_index(cli, tmp_path):
         )
     assert (out / "config.json").read_bytes() == (src / "config.json").read_bytes()
     assert (out / "tokenizer.json").is_file() and not (out / "training_args.bin").exists()
+    assert not (out / "extra.pth.lora").exists() and not (out / "notes").exists()
     assert any("training_args.bin" in n for n in s["notes"])
     assert detect(out).warnings == detect(src).warnings  # only the stale total_size warning, as before
 

@@ -194,6 +194,20 @@ def _index_data(src: Source, renames: dict[str, str]) -> bytes | None:
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
+def _weights_like(path: Path) -> bool:
+    """A weights file or shard index by name (``lit_model.pth.lora`` too) or by its leading bytes."""
+    from ckpt_tool.errors import CkptError
+    from ckpt_tool.io import sniff
+
+    name = path.name
+    if name.endswith((".index.json", *WEIGHT_SUFFIXES)) or any(f"{s}." in name for s in WEIGHT_SUFFIXES):
+        return True
+    try:
+        return sniff.sniff(path) != sniff.UNKNOWN
+    except CkptError:
+        return False
+
+
 def _side_files(src: Source, out_dir: Path) -> tuple[list[SideFile], list[str]]:
     """Top-level regular files of the input directory that travel to ``--out`` (configs, tokenizer, model card).
 
@@ -218,7 +232,7 @@ def _side_files(src: Source, out_dir: Path) -> tuple[list[SideFile], list[str]]:
             skipped.append(f"{e.name}/ (folder)")
         elif not e.is_file(follow_symlinks=False):
             continue
-        elif e.name.endswith(WEIGHT_SUFFIXES) or e.name.endswith(".index.json"):
+        elif _weights_like(Path(e.path)):
             skipped.append(f"{e.name} (weights not renamed)")
         else:
             side.append(SideFile(e.name, src=Path(e.path)))
