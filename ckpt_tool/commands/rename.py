@@ -92,10 +92,12 @@ def _keys_human(s: dict[str, Any]) -> str:
     where = " (in place)" if s.get("in_place") and not dry else ""
     if repair and not s.get("changes"):
         lines = [f"nothing to repair in {what} {s['source']}: no damaged key found; nothing written"]
+    elif repair:
+        verb = "would repair" if dry else "repaired"
+        lines = [f"{verb} {t.get('renamed', 0)} damaged keys (of {t.get('tensors', 0)} tensors) of {what} in {s['source']}{where}"]
     else:
-        verb = ("would repair" if dry else "repaired") if repair else ("would rename" if dry else "renamed")
-        noun = "damaged keys" if repair else "tensors"
-        lines = [f"{verb} {t.get('renamed', 0)} of {t.get('tensors', 0)} {noun} of {what} {s['source']}{where}"]
+        verb = "would rename" if dry else "renamed"
+        lines = [f"{verb} {t.get('renamed', 0)} of {t.get('tensors', 0)} tensors of {what} {s['source']}{where}"]
     lines = [line for head in lines for line in wrap(head)]
     if dry:
         lines.append("  dry run: nothing written")
@@ -124,14 +126,13 @@ def _keys_human(s: dict[str, Any]) -> str:
 def _adapter_human(s: dict[str, Any]) -> str:
     dry = s.get("dry_run")
     verb = "would rename" if dry else "renamed"
-    head = f"{verb} adapter '{s['adapter']}' to '{s['to']}' in {s['source']}"
+    head = f"{verb} adapter '{s['adapter']}' to '{s['to']}' in {s.get('root') or s['source']}"
     if s.get("resumed"):
         head += " (finishing an interrupted rename)"
     lines = wrap(head)
     if dry:
         lines.append("  dry run: nothing changed")
-    root = s.get("source") or ""
-    root = root if os.path.isdir(root) else os.path.dirname(root)
+    root = s.get("root") or ""
     for step in s.get("steps", []):
         done = step.get("done", step["op"])
         text = f"  {done:<8} {_rel(step['path'], root)}"

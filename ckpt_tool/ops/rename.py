@@ -624,6 +624,7 @@ def rename_adapter(path: Path, old: str, new: str, *, dry_run: bool = False) -> 
         "kind": info.kind,
         "adapter": old,
         "to": new,
+        "root": str(plan.source_dir if old == "default" else plan.source_dir.parent),
         "from_dir": str(plan.source_dir),
         "to_dir": str(plan.target_dir),
         "dry_run": dry_run,
