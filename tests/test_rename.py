@@ -524,7 +524,6 @@ def test_peft_adapter_keys_in_place_touch_only_the_weights(cli, tmp_path):
     assert res.code == 0, res.stderr
     after = snapshot(root)
     assert {k for k in after if after[k] != before.get(k)} == {"adapter_model.safetensors"}
-    assert "unprefixed" not in res.stderr  # (inspect warns; rename only renames)
     assert any("do not start with 'base_model.model.'" in w for w in detect(root).warnings)
 
 
@@ -653,6 +652,7 @@ def _loadable(root: Path, old: str, new: str, original: dict[str, bytes]) -> Non
     info = detect(root)
     found = {a.name: Path(a.path) for a in info.adapters}
     assert old in found or new in found, found
+    assert not any(n.startswith(TEMP_PREFIX) for n in found)  # a rename's temp folder is no adapter of the save
     for name in (old, new):
         if name in found:
             d = found[name]

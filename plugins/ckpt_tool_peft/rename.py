@@ -441,11 +441,11 @@ def verify(
     problems += [f"{k!r} still looks damaged after the repair" for k in ad.repairs]
     targets = config.get("target_modules")
     use_dora = bool(config.get("use_dora", False))
+    by_name = {t.name: t for t in renamed}
     for mod, entry in sorted(ad.modules.items()):
         if "parameters" in entry:
             continue  # LoRA on nn.Parameter: ranks stack per expert; detection checks those
-        a = next((t for t in renamed if t.name == entry.get("A")), None)
-        b = next((t for t in renamed if t.name == entry.get("B")), None)
+        a, b = by_name.get(entry.get("A", "")), by_name.get(entry.get("B", ""))
         r = entry.get("r")
         if a is None or b is None:
             problems.append(f"{mod}: has {'lora_A' if a else 'lora_B' if b else 'neither lora_A nor lora_B'} but not both")
