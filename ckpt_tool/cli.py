@@ -37,6 +37,7 @@ COMMANDS = (
     "ckpt_tool.commands.merge",
     "ckpt_tool.commands.convert",
     "ckpt_tool.commands.split",
+    "ckpt_tool.commands.rename",
     "ckpt_tool.commands.diff",
     "ckpt_tool.commands.migrate",
     "ckpt_tool.commands.demo",

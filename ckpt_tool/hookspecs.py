@@ -98,7 +98,7 @@ def ckpt_register_layouts(register: Any) -> None:
     """Register the output layouts your convention owns: call ``register(layout)`` for each.
 
     Called once per process, the first time a command needs a layout (``convert
-    --to NAME``, ``merge --to NAME``, ``split``). A layout
+    --to NAME``, ``merge --to NAME``, ``split``, ``rename``). A layout
     (``ckpt_tool.ops.layouts.Layout``: ``name``, ``description``, ``target`` "dir" |
     "file", ``files(sink, outs)``) says which weights files a sink's tensors go
     into, which index files follow them and which existing files would go stale;
@@ -106,7 +106,7 @@ def ckpt_register_layouts(register: Any) -> None:
     The first plugin to register a name keeps it. Built-ins: ``lit`` (LitGPT
     ``lit_model.pth``), ``peft`` (``adapter_model.safetensors``), ``hf``
     (``model.safetensors`` / shards + index), ``safetensors`` and ``torch`` (one
-    plain file).
+    plain file), ``same-files`` (``rename``: the input's own files, tensors renamed).
     """
 
 
@@ -173,6 +173,27 @@ def ckpt_split_adapter(source: CheckpointInfo, options: Any) -> Any | None:
 
 
 @hookspec(firstresult=True)
+def ckpt_rename_adapter(source: CheckpointInfo, old: str, new: str) -> Any | None:
+    """Plan renaming the adapter ``old`` of ``source`` to ``new``, if ``source`` is yours; else ``None``.
+
+    Called by ``rename PATH --adapter OLD --to NEW`` after ``ckpt_detect``. Where a
+    format keeps several named adapters in one directory (PEFT: ``default`` at the root,
+    any other name in ``<root>/<name>/``), the name lives in the layout, so renaming is a
+    change of directory entries, not of tensors. Return a
+    ``ckpt_tool.ops.rename.AdapterRenamePlan``: ``FileOp`` steps in order (``mkdir``,
+    ``link``, ``rename`` without replacing, ``unlink``, ``rmdir``) that the core runs one
+    atomic, fsynced step at a time and prints for ``--dry-run``. Order them so that an
+    interruption after any step leaves a directory your library still loads, and plan
+    from what is on disk, so that rerunning the same command finishes a half-done rename
+    (set ``resumed``). Must not change anything itself.
+
+    Raise ``UsageError`` for names that are not valid folder names, ``Refused`` (with
+    the reason, all at once) for names your library mis-handles and for targets that
+    exist, ``NotFound`` for an unknown ``old``.
+    """
+
+
+@hookspec(firstresult=True)
 def ckpt_tied_duplicates(source: CheckpointInfo, groups: list[list[str]]) -> list[str] | None:
     """Which tensors sharing one storage (tied weights) your convention's loader re-creates, or ``None``.
 
@@ -184,4 +205,20 @@ def ckpt_tied_duplicates(source: CheckpointInfo, groups: list[list[str]]) -> lis
     ``lm_head.weight`` when ``config.json`` says ``tie_word_embeddings: true``),
     or ``None`` when you cannot tell; every group left unresolved is refused with
     the reason, so a loader never gets an untied or a randomly initialised copy.
+    """
+
+
+@hookspec(firstresult=True)
+def ckpt_repair_keys(source: CheckpointInfo, adapter: str | None) -> Any | None:
+    """Say which tensor names of ``source`` an older release of your library damaged on disk, if it is yours.
+
+    Called by ``rename PATH --repair`` after ``ckpt_detect`` (``adapter``: the adapter
+    the user chose with ``--adapter``, or ``None``). Return a
+    ``ckpt_tool.ops.rename.KeyRepair``: the adapter's name and directory, the renames
+    (damaged name -> restored name; empty when nothing is damaged) and the checks they
+    passed. Verify the repaired names against the checkpoint's own config before
+    returning (every module the config targets has complete tensors of the configured
+    shape) and raise ``Refused`` listing every problem otherwise: the core writes the
+    renames exactly as returned (bytes untouched, atomically). Headers only; return
+    ``None`` when ``source`` is not yours.
     """

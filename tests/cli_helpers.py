@@ -25,3 +25,35 @@ def run_subprocess(*args: object, env: dict[str, str] | None = None, timeout: fl
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+PROVENANCE_FILE = "ckpt-tool-provenance.json"
+PROVENANCE_KEY = "ckpt_tool.provenance"
+
+
+def without_provenance(path: object) -> bytes:
+    """A safetensors file's bytes with ckpt-tool's provenance entry taken out of ``__metadata__``, the header
+    re-laid out exactly as ckpt-tool's (and ``save_file``'s) writer lays it out: for byte-for-byte comparisons
+    with files the peers write, which carry no provenance."""
+    import json
+    import struct
+    from pathlib import Path
+
+    raw = Path(str(path)).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    meta = header.get("__metadata__")
+    if isinstance(meta, dict) and PROVENANCE_KEY in meta:
+        del meta[PROVENANCE_KEY]
+        # the data offsets are relative to the data section, so only the header changes
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        return struct.pack("<Q", len(text)) + text + raw[8 + n :]
+    return raw
+
+
+def names(directory: object, *, provenance: bool = False) -> list[str]:
+    """Sorted file names in ``directory`` (without ckpt-tool's provenance file unless asked)."""
+    from pathlib import Path
+
+    return sorted(p.name for p in Path(str(directory)).iterdir() if provenance or p.name != PROVENANCE_FILE)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from cli_helpers import PROVENANCE_FILE, names, without_provenance
 from safetensors.torch import load_file, save_file
 
 from ckpt_tool.ops.layouts import SAFETENSORS_DTYPE_RANK, hf_shards
@@ -48,8 +49,17 @@ def _raw(path: Path, name: str) -> bytes:
         return fh.read(end - begin)
 
 
-def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(root.rglob("*"))}
+def _snapshot(root: Path, provenance: bool = True) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path (``provenance=False``: as if no provenance were recorded)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not provenance and p.name == PROVENANCE_FILE:
+            continue
+        if not p.is_file():
+            out[str(p.relative_to(root))] = b"<dir>"
+        else:
+            out[str(p.relative_to(root))] = p.read_bytes() if provenance or p.suffix != ".safetensors" else without_provenance(p)
+    return out
 
 
 def _load_dir(d: Path) -> dict[str, torch.Tensor]:
@@ -133,7 +143,7 @@ def test_dtype_rank_is_save_file_order(tmp_path):
     from ckpt_tool.ops.split import split
 
     split(tmp_path / "in.bin", out=tmp_path / "out", max_shard_size="0")
-    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert without_provenance(tmp_path / "out" / "model.safetensors") == (tmp_path / "ref.safetensors").read_bytes()
     header = (tmp_path / "ref.safetensors").read_bytes()
     n = struct.unpack("<Q", header[:8])[0]
     order = [v["dtype"] for k, v in json.loads(header[8 : 8 + n]).items() if k != "__metadata__"]
@@ -198,14 +208,13 @@ def test_shard_then_consolidate_is_bit_identical(tmp_path, cli, container):
 
     res = cli("split", tmp_path / "sh", "--max-shard-size", "0", "--out", tmp_path / "one", "--json")
     assert res.code == 0, res.stderr
-    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == [
-        "config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert names(tmp_path / "one") == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
     save_file(sd, tmp_path / "ref.safetensors", metadata={"format": "pt"})
-    assert (tmp_path / "one" / "model.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert without_provenance(tmp_path / "one" / "model.safetensors") == (tmp_path / "ref.safetensors").read_bytes()
     # shard again: the same bytes as the first time (the order is the file's, which is save_file's)
     res = cli("split", tmp_path / "one", "--max-shard-size", "2KB", "--out", tmp_path / "sh2")
     if container == "safetensors":
-        assert _snapshot(tmp_path / "sh2") == _snapshot(tmp_path / "sh")
+        assert _snapshot(tmp_path / "sh2", provenance=False) == _snapshot(tmp_path / "sh", provenance=False)
 
 
 def test_bin_shards_become_safetensors_shards(tmp_path, cli):
@@ -240,8 +249,8 @@ def test_force_replaces_and_removes_stale_shards(tmp_path, cli):
     assert res.code == 6 and "--force" in res.stderr and _snapshot(out) == before
     res = cli("split", tmp_path / "m.safetensors", "--max-shard-size", "0", "--out", out, "--force", "--json")
     assert res.code == 0, res.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["model.safetensors"]
-    assert len(json.loads(res.stdout)["removed"]) == len(before)
+    assert names(out) == ["model.safetensors"]
+    assert len(json.loads(res.stdout)["removed"]) == len(before) - 1  # the provenance record is rewritten, not stale
 
 
 def test_dry_run_writes_nothing_and_lists_outputs(tmp_path, cli):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import PROVENANCE_FILE, without_provenance
 from lit_merge_helpers import (
     _save_config,
     _tokenizer_files,
@@ -27,7 +28,12 @@ FLAGS = ("query", "key", "value", "projection", "mlp", "head")
 
 
 def _files(d: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+    """The files of ``d`` as the peers would have written them (no provenance record, none in the headers)."""
+    return {
+        p.name: without_provenance(p) if p.suffix == ".safetensors" else p.read_bytes()
+        for p in sorted(d.iterdir())
+        if p.is_file() and p.name != PROVENANCE_FILE
+    }
 
 
 def _sd_dir(d: Path) -> dict[str, torch.Tensor]:
@@ -163,8 +169,8 @@ def test_peft_split_matches_peft_saves_and_loads(tmp_path, cli, make, fmt, with_
     assert s["tensors"]["copied"] == s["tensors"]["tensors"] and s["tensors"]["computed"] == 0
 
     # byte for byte what save_pretrained writes: the base model's file and the PEFT adapter's file
-    assert (B / "model.safetensors").read_bytes() == (ref_base / "model.safetensors").read_bytes()
-    assert (A / "adapter_model.safetensors").read_bytes() == (ref_adapter / "adapter_model.safetensors").read_bytes()
+    assert without_provenance(B / "model.safetensors") == (ref_base / "model.safetensors").read_bytes()
+    assert without_provenance(A / "adapter_model.safetensors") == (ref_adapter / "adapter_model.safetensors").read_bytes()
     assert (B / "config.json").read_bytes() == (ref_base / "config.json").read_bytes()
 
     # transformers + PEFT load the two and compute what the combined model computed
@@ -224,7 +230,7 @@ def test_shards_are_save_pretrained_shards(tmp_path, cli, make, shard):
     res = cli("split", tmp_path / "S", "--max-shard-size", "0", "--out", tmp_path / "one")
     assert res.code == 0, res.stderr
     single = save_base(model, tmp_path / "ref_one")
-    assert (tmp_path / "one" / "model.safetensors").read_bytes() == (single / "model.safetensors").read_bytes()
+    assert without_provenance(tmp_path / "one" / "model.safetensors") == (single / "model.safetensors").read_bytes()
 
 
 def test_peft_base_sharded_with_max_shard_size(tmp_path, cli):

@@ -66,7 +66,6 @@ def register(app: typer.Typer) -> None:
         lora_alpha: Annotated[str | None, typer.Option("--lora-alpha", help="The LoRA alpha the adapter was trained with, when no config beside the input records it.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and list the outputs; write nothing.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no summary.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     ) -> None:
         """Split a checkpoint by byte copies: LoRA tensors from their base, or a model into shards.
@@ -92,9 +91,9 @@ def register(app: typer.Typer) -> None:
             lora_alpha=lora_alpha,
             force=force,
             dry_run=dry_run,
-            progress=not quiet and not json_out,
+            progress=not render.is_quiet() and not json_out,
         )
         if json_out:
             render.emit_json(summary)
-        elif not quiet:
-            typer.echo(_human(summary))
+        else:
+            render.out(_human(summary))

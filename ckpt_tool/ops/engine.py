@@ -29,7 +29,7 @@ import shutil
 import stat
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,15 +151,32 @@ def input_files(plan: TransformPlan) -> set[str]:
     return paths
 
 
-def check_outputs(plan: TransformPlan, target: Target, force: bool) -> list[Path]:
+def check_outputs(
+    plan: TransformPlan, target: Target, force: bool, replace: Collection[str | os.PathLike[str]] = ()
+) -> list[Path]:
     """Refuse outputs that would replace an input, land on a directory, or overwrite without ``force``.
+
+    ``replace`` (``rename --in-place``): the exact files the caller means to replace
+    (input weights files and their index). Outputs at those paths replace them by
+    rename once every tensor is written; each must be a regular file, not a symlink.
+    That is safe while the engine still maps the input: the input is read through
+    private maps and open descriptors of its inode, and a rename over a name never
+    touches the old inode's bytes (it lives on until the last map and descriptor are
+    gone); only writing *into* the mapped file would be unsafe.
 
     Returns the stale files (removed after publishing, only with ``force``).
     """
     inputs = input_files(plan)
     paths = target.all_paths(plan)
     stale = target.stale()
-    clash = [str(p) for p in paths + stale if os.path.realpath(p) in inputs]
+    replaced = {os.path.abspath(p) for p in replace}
+    for r in replaced:
+        if os.path.islink(r) or not os.path.isfile(r):
+            raise Refused(
+                f"{r} is a symlink or not a regular file: replacing it in place would replace the link, not its target",
+                "write the result elsewhere with --out",
+            )
+    clash = [str(p) for p in paths + stale if os.path.realpath(p) in inputs and os.path.abspath(p) not in replaced]
     if clash:
         raise Refused(
             f"the output would replace an input file ({', '.join(clash[:3])})",
@@ -172,7 +189,11 @@ def check_outputs(plan: TransformPlan, target: Target, force: bool) -> list[Path
             "remove it or choose another --out; --force only replaces files",
         )
     mine = {str(d / provenance.FILE) for d in target.prov}
-    existing = [str(p) for p in paths if os.path.lexists(p) and (str(p) not in mine or _foreign(p))]
+    existing = [
+        str(p)
+        for p in paths
+        if os.path.lexists(p) and (str(p) not in mine or _foreign(p)) and os.path.abspath(p) not in replaced
+    ]
     existing += [str(p) for p in stale]
     if existing and not force:
         raise Refused(
@@ -374,10 +395,14 @@ def execute(
     progress: bool = False,
     label: str = "writing",
     target: Target | None = None,
+    replace: Collection[str | os.PathLike[str]] = (),
 ) -> Report:
-    """Run ``plan``; nothing is visible at the output paths until every tensor was written and fsynced."""
+    """Run ``plan``; nothing is visible at the output paths until every tensor was written and fsynced.
+
+    ``replace``: files that outputs of the same path may replace (``rename --in-place``; see ``check_outputs``).
+    """
     target = target or resolve(plan)
-    stale = check_outputs(plan, target, force)
+    stale = check_outputs(plan, target, force, replace)
     side = target.side(plan)
     report = Report(files=[str(p) for p in target.weights()] + [str(p) for p, _ in side])
     total = sum(o.nbytes for o in target.outs.values())

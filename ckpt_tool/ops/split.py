@@ -209,7 +209,9 @@ def shard_plan(info: CheckpointInfo, out: Path, limit: int) -> TransformPlan:
     meta = common_metadata(info)
     if meta:
         opts["metadata"] = meta
-    return TransformPlan({IN: info}, steps, {OUT: Sink("hf", out, opts, hf_side_files(input_dir(info)))})
+    plan = TransformPlan({IN: info}, steps, {OUT: Sink("hf", out, opts, hf_side_files(input_dir(info)))})
+    plan.provenance = {"operation": "split", "split": {"mode": "shards", "max_shard_size": limit}}
+    return plan
 
 
 def hf_side_files(directory: Path) -> list[SideFile]:
@@ -408,6 +410,7 @@ def split(
         )
         sp = adapter_plan(info, options)
         plan = TransformPlan({IN: info}, sp.steps, sp.sinks, dict(sp.summary))
+        plan.provenance = {"operation": "split", "split": {"mode": "adapter", "convention": sp.convention}}
         labels = {BASE: "--base-out", ADAPTER: "--adapter-out"}
         summary.update({"mode": "adapter", "convention": sp.convention, "to": sp.sinks[ADAPTER].layout})
         warnings += sp.warnings

@@ -3,7 +3,8 @@
 ``detect`` reads ``adapter_config.json`` and the adapter tensors' headers and
 checks them strictly (PEFT itself loads with ``strict=False``); ``merge``
 reproduces ``merge_and_unload()`` bit for bit, one tensor at a time; ``convert``
-expresses LoRA adapters in hub naming and writes the ``peft`` layout.
+expresses LoRA adapters in hub naming and writes the ``peft`` layout; ``rename``
+plans crash-safe adapter renames and repairs keys damaged by PEFT <= 0.17.
 """
 
 from __future__ import annotations
@@ -78,3 +79,21 @@ def ckpt_split_adapter(source: Any, options: Any) -> Any:
     from ckpt_tool_peft.split import plan_split
 
     return plan_split(source, options)
+
+
+@hookimpl
+def ckpt_rename_adapter(source: Any, old: str, new: str) -> Any:
+    if source.format != FORMAT:
+        return None
+    from ckpt_tool_peft.rename import plan_adapter_rename
+
+    return plan_adapter_rename(source, old, new)
+
+
+@hookimpl
+def ckpt_repair_keys(source: Any, adapter: Any) -> Any:
+    if source.format != FORMAT:
+        return None
+    from ckpt_tool_peft.rename import repair_keys
+
+    return repair_keys(source, adapter)

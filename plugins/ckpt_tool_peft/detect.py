@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpt_tool.errors import CkptError, InvalidFile
+from ckpt_tool.io.atomic import TEMP_PREFIX
 from ckpt_tool.io.regular import open_regular
 from ckpt_tool.io.sidefiles import read_json
 from ckpt_tool.limits import (
@@ -105,7 +106,12 @@ def _sub_adapters(root: Path) -> list[Path]:
         children = sorted(c for c in root.iterdir() if c.is_dir())
     except OSError:
         return []
-    return [c for c in children if (c / CONFIG_NAME).is_file() and not _is_trainer_checkpoint(c)]
+    # ckpt-tool's temp folders (an adapter rename in progress) are not adapters of the save
+    return [
+        c
+        for c in children
+        if (c / CONFIG_NAME).is_file() and not _is_trainer_checkpoint(c) and not c.name.startswith(TEMP_PREFIX)
+    ]
 
 
 def _is_trainer_checkpoint(directory: Path) -> bool:

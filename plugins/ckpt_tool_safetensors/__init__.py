@@ -33,6 +33,9 @@ def ckpt_register_layouts(register: Any) -> None:
     )
     register(SingleFileLayout("safetensors", "one .safetensors file, same tensor names", "safetensors"))
     register(SingleFileLayout("torch", "one torch zip file (.pth/.bin), same tensor names", "torch"))
+    from ckpt_tool.ops.rename import SameFilesLayout
+
+    register(SameFilesLayout())
 
 
 @hookimpl

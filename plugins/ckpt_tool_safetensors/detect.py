@@ -316,7 +316,7 @@ def _sharded(
         warnings=warnings,
         metadata=_config_metadata(config),
         description=f"{'Hugging Face model' if config else 'sharded model'}, {len(shards)} shard(s)",
-        details={"config": config, "dir": str(directory.absolute()), "index": index},
+        details={"config": config, "dir": str(directory.absolute()), "index": index, "index_file": str(index_file.absolute())},
     )
     if isinstance(index.get("metadata"), dict):
         info.metadata["total_size"] = declared
