@@ -98,6 +98,12 @@ MAX_DIM = 1 << 24
 #: Attention heads / query groups, and the size of one head.
 MAX_HEADS = 1 << 16
 MAX_HEAD_SIZE = 1 << 16
+#: Tensors of the LitGPT state dict a model config describes, built as a table with no checkpoint to
+#: compare against (the LoRA module map): DeepSeek-V3, the largest real table, has ~47,000.
+MAX_CONFIG_TENSORS = 1 << 18
+#: Rows of one weight the LoRA module map runs the conversion steps on as ``(rows, 2)`` float32 probes
+#: (32 MiB each at the limit); the largest real weights, vocabularies, have ~2**18 rows.
+MAX_PROBE_ROWS = 1 << 22
 
 # --- user regular expressions (PEFT ``target_modules``, ``rank_pattern``, ``alpha_pattern``) ------
 

@@ -20,6 +20,10 @@ from ckpt_tool.limits import MAX_LAYERS, MAX_YAML_BYTES, MAX_YAML_NODES
 HYPERPARAMETERS = "hyperparameters.yaml"
 MODEL_CONFIG = "model_config.yaml"
 LEGACY_CONFIG = "lit_config.json"  # before 2024-03-12 (formats.md §2.2)
+#: What ``litgpt.utils.copy_config_files`` copies beside the weights it writes (0.5.13), in its order.
+COPY_CONFIG_FILES = (
+    "config.json", "generation_config.json", MODEL_CONFIG, "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+)  # fmt: skip
 
 
 class _Refused(Exception):

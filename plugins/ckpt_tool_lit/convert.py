@@ -12,6 +12,7 @@ size (LitGPT itself needs a known model name).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +22,22 @@ from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.transform import HUB, HubResult, HubView, SideFile
 from ckpt_tool_lit.config import MODEL_CONFIG
 from ckpt_tool_lit.hub import family_for_hf, family_for_lit
+from ckpt_tool_lit.keys import FULL, WEIGHTS_NAME
 
 FORMAT = "lit"
 OUT = "out"
 SRC = "in"
 
 
-def _dir(info: CheckpointInfo) -> Path:
+def source_dir(info: CheckpointInfo) -> Path:
+    """The LitGPT directory a detected checkpoint (a folder or a weights file) belongs to."""
     d = (info.details or {}).get("dir")
     return Path(d) if d else (Path(info.path) if Path(info.path).is_dir() else Path(info.path).parent)
 
 
-def _original_config(directory: Path) -> dict[str, Any] | None:
-    """The HF ``config.json`` LitGPT's download leaves beside ``lit_model.pth`` (token ids, tying), if any."""
+def original_config(directory: Path) -> dict[str, Any] | None:
+    """The HF ``config.json`` LitGPT's download leaves beside ``lit_model.pth`` and copies into a fine-tune's
+    ``final/`` (token ids, tying), if any."""
     p = directory / "config.json"
     if not p.is_file():
         return None
@@ -57,10 +61,10 @@ def to_hub(source: CheckpointInfo, options: Any) -> HubView | None:
     if not cfg:
         raise InvalidFile(
             f"{source.path}: no {MODEL_CONFIG} beside the weights, so the architecture is unknown",
-            f"copy the {MODEL_CONFIG} of the model into {_dir(source)}",
+            f"copy the {MODEL_CONFIG} of the model into {source_dir(source)}",
         )
-    directory = _dir(source)
-    base = _original_config(directory)
+    directory = source_dir(source)
+    base = original_config(directory)
     fam = family_for_lit(cfg)
     tensors = {t.name: t for t in source.tensors}
     steps = fam.to_hf_steps(cfg, tensors, SRC, HUB, tie=options.tie, base=base)
@@ -87,16 +91,14 @@ def _config_dtype(steps: list[Any], options: Any) -> str | None:
     return max(floats, key=floats.__getitem__) if floats else None
 
 
+def header(name: str, dtype: str, shape: tuple[int, ...]) -> TensorInfo:
+    """A header-only tensor record (no file): what steps are planned from."""
+    return TensorInfo(name, dtype, shape, file="", data_offset=0, storage_numel=math.prod(shape))
+
+
 def hub_tensors(view: HubView) -> dict[str, TensorInfo]:
     """The hub tensors a view announces, as header-only records (what the target's steps plan from)."""
-    out: dict[str, TensorInfo] = {}
-    for s in view.steps:
-        for o in s.outs:
-            n = 1
-            for d in o.shape:
-                n *= d
-            out[o.name] = TensorInfo(o.name, o.dtype, o.shape, file="", data_offset=0, storage_numel=n)
-    return out
+    return {o.name: header(o.name, o.dtype, o.shape) for s in view.steps for o in s.outs}
 
 
 def from_hub(view: HubView, layout: str, options: Any) -> HubResult | None:
@@ -114,4 +116,4 @@ def from_hub(view: HubView, layout: str, options: Any) -> HubResult | None:
     side = [SideFile(MODEL_CONFIG, data=yaml.safe_dump(cfg, sort_keys=False).encode())]
     side.append(SideFile("config.json", data=(json.dumps(view.config, indent=2) + "\n").encode()))
     side += [SideFile(name, src=src) for name, src in view.files.items()]
-    return HubResult(steps, side, {"weights_name": "lit_model.pth"}, {"family": fam.name, "model": cfg.get("name")})
+    return HubResult(steps, side, {"weights_name": WEIGHTS_NAME[FULL]}, {"family": fam.name, "model": cfg.get("name")})

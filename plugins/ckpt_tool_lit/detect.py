@@ -27,15 +27,28 @@ from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.merge_plan import scale_problem
 from ckpt_tool_lit import config as _config
 from ckpt_tool_lit.geometry import Geometry
-from ckpt_tool_lit.keys import ADAPTER, ADAPTER_V2, FULL, LORA, UNKNOWN, WEIGHTS_NAME, classify, module_kind
+from ckpt_tool_lit.keys import (
+    ADAPTER,
+    ADAPTER_NAMES,
+    ADAPTER_V2,
+    FULL,
+    LORA,
+    LORA_FLAGS,
+    MODULE_FLAGS,
+    QKV_PARTS,
+    UNKNOWN,
+    WEIGHTS_NAME,
+    classify,
+    layer_of,
+    lora_part,
+    module_kind,
+)
 
 FORMAT = "lit"
-BASE_NAME = "lit_model.pth"
-ADAPTER_NAMES = (WEIGHTS_NAME[LORA], WEIGHTS_NAME[ADAPTER], WEIGHTS_NAME[ADAPTER_V2])
+BASE_NAME = WEIGHTS_NAME[FULL]
 SUFFIX_CLASS = {name: cls for cls, name in WEIGHTS_NAME.items() if cls != FULL}
 MARKER_FILES = (_config.MODEL_CONFIG, _config.LEGACY_CONFIG, _config.HYPERPARAMETERS, "prompt_style.yaml")
 HF_WEIGHT_SUFFIXES = (".safetensors", ".bin")
-LORA_FLAGS = ("query", "key", "value", "projection", "mlp", "head")
 OLD_DEFAULT_ALPHA = 16
 
 # Legacy final files of lit-gpt's ``out_dir`` (formats.md §2.2), with the era they belong to.
@@ -52,7 +65,6 @@ LEGACY_INTERMEDIATE: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 ITER_DIR = re.compile(r"^iter-(\d+)$")
 
-_LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<part>[AB])$")
 _LEGACY_ATTN = re.compile(r"\.attn\.attn\.")
 # Keys only LitGPT's GPT has (HF GPT-2 also starts with ``transformer.``, so that is not enough).
 _DISTINCTIVE = re.compile(r"^transformer\.h\.\d+\.(norm_1|attn\.qkv|attn\.attn)\.")
@@ -333,7 +345,7 @@ def _model_description(
     where: str,
     warnings: list[str],
 ) -> str:
-    if any(_LORA_KEY.match(k) for k in keys):
+    if any(lora_part(k) for k in keys):
         warnings.append(
             "the file holds LoRA tensors next to the base weights (an unmerged LoRA training state); "
             "LitGPT's loaders expect them split into lit_model.pth.lora"
@@ -398,7 +410,7 @@ def _name_warnings(file: Path, cls: str, metadata: dict[str, Any]) -> list[str]:
 
 
 def _adapter_facts(tensors: dict[str, TensorInfo], cls: str) -> dict[str, Any]:
-    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"^transformer\.h\.(\d+)\.", k))}
+    layers = {x for k in tensors if (x := layer_of(k)) is not None}
     facts: dict[str, Any] = {}
     prompt = [t for k, t in tensors.items() if k.endswith("adapter_wte.weight") and len(t.shape) == 2]
     if prompt:
@@ -481,12 +493,11 @@ def _lora_summary(
     warnings: list[str] = []
     modules: dict[str, dict[str, TensorInfo]] = {}
     for name, t in tensors.items():
-        m = _LORA_KEY.match(name)
-        if m:
-            modules.setdefault(m.group("mod"), {})[m.group("part")] = t
+        if p := lora_part(name):
+            modules.setdefault(p[0], {})[p[1]] = t
 
     ranks: dict[int, int] = {}
-    present = dict.fromkeys(("projection", "mlp", "head"), False)
+    present = dict.fromkeys(MODULE_FLAGS, False)
     qkv_parts: list[tuple[int, int]] = []  # (k enabled parts, rows of B) per qkv module
     broken: list[str] = []
     for mod, parts in modules.items():
@@ -574,9 +585,9 @@ def _lora_summary(
         missing = [f for f, v in rec_flags.items() if not isinstance(v, bool)]
         warnings.append(f"{source} does not record lora_{'/'.join(missing)}; inferred from the tensors where possible")
     # q/k/v
-    rec_qkv = tuple(rec_flags[f] for f in ("query", "key", "value"))
+    rec_qkv = tuple(rec_flags[f] for f in QKV_PARTS)
     if all(isinstance(v, bool) for v in rec_qkv):
-        flags.update(zip(("query", "key", "value"), rec_qkv))
+        flags.update(zip(QKV_PARTS, rec_qkv))
         if candidates and rec_qkv not in candidates:
             warnings.append(
                 f"{source} enables {_parts(rec_qkv)} on attn.qkv but the LoRA tensors cover "
@@ -584,7 +595,7 @@ def _lora_summary(
             )
     elif candidates:
         # A part is known when every combination that fits the shapes agrees on it.
-        for i, flag in enumerate(("query", "key", "value")):
+        for i, flag in enumerate(QKV_PARTS):
             values = {c[i] for c in candidates}
             flags[flag] = values.pop() if len(values) == 1 else None
         if len(candidates) > 1:
@@ -597,8 +608,8 @@ def _lora_summary(
                 "and says so)"
             )
     else:
-        flags.update(dict.fromkeys(("query", "key", "value")))
-    for flag in ("projection", "mlp", "head"):
+        flags.update(dict.fromkeys(QKV_PARTS))
+    for flag in MODULE_FLAGS:
         rec = rec_flags[flag]
         if isinstance(rec, bool):
             flags[flag] = rec
@@ -645,7 +656,7 @@ def _lora_summary(
             "are wrong - check the training script, then delete the 'ckpt-tool-assumed' line"
         )
     targets = [f for f in LORA_FLAGS if flags.get(f)]
-    if any(flags.get(f) is None for f in ("query", "key", "value")) and qkv_parts:
+    if any(flags.get(f) is None for f in QKV_PARTS) and qkv_parts:
         targets.insert(0, "qkv")
     lora: dict[str, Any] = {
         "r": r,
@@ -663,7 +674,7 @@ def _lora_summary(
 
 
 def _parts(flags: tuple[Any, ...]) -> str:
-    names = [n for n, on in zip(("query", "key", "value"), flags) if on]
+    names = [n for n, on in zip(QKV_PARTS, flags) if on]
     return "+".join(names) if names else "none"
 
 
@@ -680,12 +691,12 @@ def _check_merged(info: CheckpointInfo) -> None:
             continue
         missing = []
         for t in comp.tensors:
-            m = _LORA_KEY.match(t.name)
-            if not m or m.group("part") != "A":
+            p = lora_part(t.name)
+            if not p or p[1] != "A":
                 continue
-            base = model_keys.get(m.group("mod") + ".weight")
+            base = model_keys.get(p[0] + ".weight")
             if base is None or len(base.shape) != 2 or base.shape[1] != t.shape[-1]:
-                missing.append(m.group("mod"))
+                missing.append(p[0])
         if missing:
             info.warnings.append(
                 f"{BASE_NAME} does not fit the LoRA adapter beside it ({len(missing)} module(s) missing or of "

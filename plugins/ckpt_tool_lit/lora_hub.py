@@ -13,12 +13,13 @@ The math both sides compute (formats.md §2.3 and §3; ``litgpt/lora.py`` 0.5.13
   ``lora_alpha`` per module through ``rank_pattern`` / ``alpha_pattern``.
 
 Which Hugging Face weight each LitGPT weight row becomes is not written down here a second time: it is read off
-the family's own full-model conversion (``fam.to_hf_steps``) run on a synthetic base tensor table built from the
-model config (``base_table``, checked against ``litgpt.GPT`` for every registry config by a test). Copy steps are
-identities; every other step is run on tiny probe tensors whose values name their source row, so a split
-(LLaMA's ``q_proj``/``k_proj``/``v_proj``), a concatenation (Phi-3's ``gate_up_proj``) or a row permutation
-(GPT-NeoX / Falcon ``query_key_value``) comes out as a row map; a step that is not a row selection (a tied head
-check) leaves its modules unmappable, and LoRA on them is refused.
+the family's own full-model conversion (``fam.to_hf_steps``) run on a synthetic base: the LitGPT state dict the
+model config describes (``hub.model_config.LitModel.base_table``, the table the families plan from, checked
+against ``litgpt.GPT`` for every registry config by a test). Copy steps are identities; every other step is
+run on tiny probe tensors whose values name their source row, so a split (LLaMA's ``q_proj``/``k_proj``/
+``v_proj``), a concatenation (Phi-3's ``gate_up_proj``) or a row permutation (GPT-NeoX / Falcon
+``query_key_value``) comes out as a row map; a step that is not a row selection (a tied head check) leaves its
+modules unmappable, and LoRA on them is refused.
 
 From the row map, each HF module gets exactly the rows LitGPT's delta gives them:
 
@@ -36,7 +37,6 @@ blocks sharing one ``A`` (exact), so a LitGPT adapter of a fused family does not
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,179 +45,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpt_tool.errors import InvalidFile, NotFound, Refused, Unsupported, UsageError
-from ckpt_tool.limits import MAX_LORA_SCALE
+from ckpt_tool.limits import MAX_LORA_SCALE, MAX_PROBE_ROWS
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.transform import HUB, HubResult, HubView, Out, Read, SideFile, Step, copy_step
-from ckpt_tool_lit.config import HYPERPARAMETERS, MODEL_CONFIG
-from ckpt_tool_lit.geometry import Geometry
+from ckpt_tool_lit import keys
+from ckpt_tool_lit.config import COPY_CONFIG_FILES, HYPERPARAMETERS, MODEL_CONFIG
+from ckpt_tool_lit.convert import OUT, SRC, header, hub_tensors, original_config, source_dir
 from ckpt_tool_lit.hub import family_for_hf, family_for_lit
+from ckpt_tool_lit.hub.model_config import TABLE_DEFAULTS as TABLE_DEFAULTS  # the tests pin it against litgpt
+from ckpt_tool_lit.hub.model_config import LitModel, whole
+from ckpt_tool_lit.hub.model_config import _is_num as _num
+from ckpt_tool_lit.migrate import LEGACY_CONFIG_KEYS
 
 if TYPE_CHECKING:
     import torch
 
-SRC = "in"
-OUT = "out"
-LORA_WEIGHTS = "lit_model.pth.lora"
-FLAGS = ("query", "key", "value", "projection", "mlp", "head")
-QKV_PARTS = ("query", "key", "value")
 #: the role under which the family's steps are probed (never a plan input)
 _PROBE_IN, _PROBE_OUT = "lit", "hf"
-
-#: ``litgpt.Config`` 0.5.13 defaults of the fields that decide which tensors a ``GPT`` holds (pinned by a test).
-TABLE_DEFAULTS: dict[str, Any] = {
-    "n_layer": 16, "n_embd": 4096, "n_head": 32, "vocab_size": 50254, "padding_multiple": 512,
-    "padded_vocab_size": None, "head_size": None, "n_query_groups": None, "intermediate_size": None,
-    "moe_intermediate_size": None, "norm_class_name": "LayerNorm", "bias": True, "attn_bias": False,
-    "lm_head_bias": False, "norm_qk": False, "norm_qk_type": "default", "post_attention_norm": False,
-    "post_mlp_norm": False, "norm_1": True, "norm_2": True, "shared_attention_norm": False,
-    "mlp_class_name": "GptNeoxMLP", "n_expert": 0, "n_shared_expert": None, "n_expert_groups": None,
-    "first_k_dense_replace": None, "latent_attention": None,
-}  # fmt: skip
-#: Far above any real model (a hostile config must not size huge tables).
-MAX_LAYERS = 1 << 12
-MAX_EXPERTS = 1 << 12
-MAX_TENSORS = 1 << 18
-#: Rows of one weight the module map probes (the largest real ones, vocabularies, are about 2**18).
-MAX_PROBE_ROWS = 1 << 22
-MAX_DIM = 1 << 24
-MLP_CLASSES = ("GptNeoxMLP", "LLaMAMLP", "GemmaMLP", "LLaMAMoE")
-#: The LitGPT Linears each MLP class gives LoRA with ``lora_mlp`` (``litgpt.lora``).
-MLP_LINEARS = {"GptNeoxMLP": ("fc", "proj"), "LLaMAMLP": ("fc_1", "fc_2", "proj"), "GemmaMLP": ("fc_1", "fc_2", "proj")}
-
 _HUB_LORA = re.compile(r"^(?P<mod>.+)\.lora_(?P<part>A|B)\.weight$")
-_LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
 
 
-# --- the model: sizes and the base tensor table -------------------------------------------------------------
-
-
-def _pos(v: Mapping[str, Any], key: str, maximum: int = MAX_DIM, zero_ok: bool = False) -> int:
-    x = v.get(key)
-    if not isinstance(x, int) or isinstance(x, bool) or x < (0 if zero_ok else 1) or x > maximum:
-        raise InvalidFile(
-            f"{MODEL_CONFIG}: {key} = {x!r:.40} is not an integer in [{int(not zero_ok)}, {maximum}]",
-            f"restore {MODEL_CONFIG} from the model",
-        )
-    return x
-
-
-class LitModel:
-    """The sizes of a LitGPT model config that LoRA needs, LitGPT's defaults and ``__post_init__`` applied.
-
-    Only the fields that decide tensor names and shapes are read; whether the model converts to Hugging
-    Face at all is the family's question (``to_hf_steps`` refuses every setting it cannot express).
-    """
-
-    def __init__(self, cfg: Mapping[str, Any]) -> None:
-        if not isinstance(cfg, Mapping):
-            raise InvalidFile(f"{MODEL_CONFIG}: expected a mapping of settings, found {type(cfg).__name__}")
-        v = {**TABLE_DEFAULTS, **{k: cfg[k] for k in cfg if k in TABLE_DEFAULTS}, "name": cfg.get("name", "")}
-        self.v = v
-        self.geo = Geometry.from_config(v, MODEL_CONFIG)
-        self.n_layer = _pos(v, "n_layer", MAX_LAYERS)
-        self.n_embd = _pos(v, "n_embd")
-        if v["padded_vocab_size"] is None:
-            vocab, mult = _pos(v, "vocab_size"), _pos(v, "padding_multiple")
-            self.vocab = vocab + (-vocab % mult)
-        else:
-            self.vocab = _pos(v, "padded_vocab_size")
-        mlp = v["mlp_class_name"]
-        if mlp not in MLP_CLASSES:
-            raise Unsupported(f"{MODEL_CONFIG}: mlp_class_name {mlp!r:.40} is not one LitGPT's LoRA models have")
-        self.mlp = mlp
-        if v["intermediate_size"] is None:
-            if mlp == "LLaMAMLP":
-                raise InvalidFile(f"{MODEL_CONFIG}: intermediate_size is missing (LitGPT needs it for LLaMAMLP)")
-            self.intermediate = 4 * self.n_embd
-        else:
-            self.intermediate = _pos(v, "intermediate_size")
-        self.n_expert = _pos(v, "n_expert", MAX_EXPERTS, zero_ok=True)
-        if mlp == "LLaMAMoE" and self.n_expert == 0:
-            raise InvalidFile(f"{MODEL_CONFIG}: n_expert is 0 but mlp_class_name is LLaMAMoE")
-        moe = v["moe_intermediate_size"]
-        self.expert_intermediate = self.intermediate if moe is None else _pos(v, "moe_intermediate_size")
-        if v["latent_attention"]:
-            raise Unsupported(f"{MODEL_CONFIG}: latent attention (DeepSeek MLA) has no LitGPT LoRA layers")
-        per_layer = 16 + (3 * self.n_expert + 1 if mlp == "LLaMAMoE" else 0)
-        if self.n_layer * per_layer > MAX_TENSORS:
-            raise InvalidFile(f"{MODEL_CONFIG}: {self.n_layer} layers × {per_layer} tensors is past the limit")
-
-    # -- tensors ----------------------------------------------------------------------------------------------
-
-    def _norm(self, out: dict[str, tuple[int, ...]], name: str, size: int) -> None:
-        norm = self.v["norm_class_name"]
-        name_ = self.v.get("name")
-        if norm == "LayerNorm" and isinstance(name_, str) and "OLMo" in name_:
-            return  # litgpt.Config.norm_class: LayerNorm(elementwise_affine=False) for OLMo names, no tensors
-        out[f"{name}.weight"] = (size,)
-        if norm == "LayerNorm":
-            out[f"{name}.bias"] = (size,)
-
-    def _linear(self, out: dict[str, tuple[int, ...]], name: str, o: int, i: int, bias: Any) -> None:
-        out[f"{name}.weight"] = (o, i)
-        if bias:
-            out[f"{name}.bias"] = (o,)
-
-    def _llama_mlp(self, out: dict[str, tuple[int, ...]], p: str, size: int) -> None:
-        e, b = self.n_embd, self.v["bias"]
-        self._linear(out, p + "fc_1", size, e, b)
-        self._linear(out, p + "fc_2", size, e, b)
-        self._linear(out, p + "proj", e, size, b)
-
-    def base_table(self) -> dict[str, tuple[int, ...]]:
-        """Names and shapes of ``litgpt.GPT(Config(**cfg)).state_dict()`` (0.5.13), without litgpt or torch."""
-        v, g, e = self.v, self.geo, self.n_embd
-        hs, q, kv = g.head_size, g.qkv_sizes[0], g.qkv_sizes[1]
-        out: dict[str, tuple[int, ...]] = {}
-        self._linear(out, "lm_head", self.vocab, e, v["lm_head_bias"])
-        out["transformer.wte.weight"] = (self.vocab, e)
-        for i in range(self.n_layer):
-            p = f"transformer.h.{i}."
-            if v["norm_1"]:
-                self._norm(out, p + "norm_1", e)
-            self._linear(out, p + "attn.qkv", g.qkv_rows, e, v["bias"] or v["attn_bias"])
-            if v["norm_qk"]:
-                olmo2 = v["norm_qk_type"] == "olmo2"
-                self._norm(out, p + "attn.norm_q", q if olmo2 else hs)
-                self._norm(out, p + "attn.norm_k", kv if olmo2 else hs)
-            self._linear(out, p + "attn.proj", e, q, v["bias"])
-            if v["post_attention_norm"]:
-                self._norm(out, p + "post_attention_norm", e)
-            if v["norm_2"] and not v["shared_attention_norm"]:
-                self._norm(out, p + "norm_2", e)
-            dense = v["first_k_dense_replace"] is not None and i < v["first_k_dense_replace"]
-            if self.mlp == "GptNeoxMLP" and not dense:
-                self._linear(out, p + "mlp.fc", self.intermediate, e, v["bias"])
-                self._linear(out, p + "mlp.proj", e, self.intermediate, v["bias"])
-            elif self.mlp == "LLaMAMoE" and not dense:
-                out[p + "mlp.gate.weight"] = (self.n_expert, e)
-                for x in range(self.n_expert):
-                    self._llama_mlp(out, f"{p}mlp.experts.{x}.", self.expert_intermediate)
-                if v["n_shared_expert"]:
-                    self._llama_mlp(out, p + "mlp.shared_experts.", self.expert_intermediate * v["n_shared_expert"])
-            else:
-                self._llama_mlp(out, p + "mlp.", self.intermediate)
-            if v["post_mlp_norm"]:
-                self._norm(out, p + "post_mlp_norm", e)
-        self._norm(out, "transformer.ln_f", e)
-        return out
-
-    def lora_modules(self) -> dict[str, str]:
-        """Every module ``litgpt.lora.GPT`` can give LoRA, in its state-dict order → its kind (qkv or flag name)."""
-        out = {"lm_head": "head"}
-        for i in range(self.n_layer):
-            p = f"transformer.h.{i}."
-            out[p + "attn.qkv"] = "qkv"
-            out[p + "attn.proj"] = "projection"
-            if self.mlp == "LLaMAMoE":
-                out[p + "mlp.gate"] = "mlp"
-                for x in range(self.n_expert):
-                    for n in MLP_LINEARS["LLaMAMLP"]:
-                        out[f"{p}mlp.experts.{x}.{n}"] = "mlp"
-            else:
-                for n in MLP_LINEARS[self.mlp]:
-                    out[f"{p}mlp.{n}"] = "mlp"
-        return out
+def _targets(model: LitModel) -> dict[str, str]:
+    """Every module ``litgpt.lora.GPT`` can give LoRA, in state-dict order → its kind (qkv or flag name)."""
+    return keys.lora_targets(model.n_layer, model.mlp, model.n_expert)
 
 
 # --- LoRA blocks ---------------------------------------------------------------------------------------------
@@ -240,29 +90,15 @@ def blocks(model: LitModel, module: str, kind: str, enabled: Sequence[bool], r: 
     (q, k, v) parts, in that order, as ``LoRAQKVLinear`` lays out A and B."""
     if kind != "qkv":
         return [Block(module, kind, 0, rows)]
-    q, k, v = model.geo.qkv_sizes
+    q, k, v = model.geometry.qkv_sizes
     ranges = ((0, q), (q, q + k), (q + k, q + k + v))
     out: list[Block] = []
     b = 0
-    for name, on, (lo, hi) in zip(QKV_PARTS, enabled, ranges):
+    for name, on, (lo, hi) in zip(keys.QKV_PARTS, enabled, ranges):
         if on:
             out.append(Block(module, name, lo, hi, len(out) * r, b))
             b += hi - lo
     return out
-
-
-def _layer(module: str) -> int | None:
-    m = _LAYER.match(module)
-    return int(m.group(1)) if m else None
-
-
-def _layers_text(layers: Sequence[int]) -> str:
-    idx = sorted(set(layers))
-    if not idx:
-        return ""
-    if len(idx) > 2 and idx == list(range(idx[0], idx[-1] + 1)):
-        return f"layers {idx[0]}-{idx[-1]}"
-    return ("layer " if len(idx) == 1 else "layers ") + ", ".join(map(str, idx[:8])) + (" …" if len(idx) > 8 else "")
 
 
 # --- the row map, read off the family's own full-model conversion ------------------------------------------------
@@ -287,14 +123,6 @@ class RowMap:
     lit_to_hf: dict[str, list[str]] = field(default_factory=dict)  # LitGPT weight -> HF weights holding its rows
     unmappable: dict[str, str] = field(default_factory=dict)  # LitGPT weight -> why
     all_hf: set[str] = field(default_factory=set)  # every 2-D HF weight of the model (for target clashes)
-
-
-def _call(fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
-    """Families differ in which optional keywords they take (tie, base): pass the ones accepted."""
-    import inspect
-
-    params = inspect.signature(fn).parameters
-    return fn(*args, **{k: v for k, v in kw.items() if k in params})
 
 
 def _probe(k: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -349,11 +177,9 @@ def row_map(
     weight go. Copy steps are identities; computed steps are run on probes when ``probe(step)`` says they
     matter (the others cost nothing and stay unmapped)."""
     table = model.base_table()
-    tensors = {
-        n: TensorInfo(n, "F32", s, file="", data_offset=0, storage_numel=math.prod(s)) for n, s in table.items()
-    }
-    lora_weights = {f"{m}.weight" for m in model.lora_modules()}
-    steps = _call(fam.to_hf_steps, cfg, tensors, _PROBE_IN, _PROBE_OUT, tie=tie, base=base)
+    tensors = {n: header(n, "F32", s) for n, s in table.items()}
+    lora_weights = {f"{m}.weight" for m in _targets(model)}
+    steps = fam.to_hf_steps(cfg, tensors, _PROBE_IN, _PROBE_OUT, tie=tie, base=base)
     rm = RowMap()
     for step in steps:
         for o in step.outs:
@@ -459,24 +285,6 @@ def _assumed(directory: Path | None) -> list[str]:
     ]
 
 
-def _dir(info: CheckpointInfo) -> Path:
-    d = (info.details or {}).get("dir")
-    return Path(d) if d else (Path(info.path) if Path(info.path).is_dir() else Path(info.path).parent)
-
-
-def _original_config(directory: Path) -> dict[str, Any] | None:
-    """The HF ``config.json`` LitGPT copies into ``final/`` (decides the tied head, as for the model)."""
-    from ckpt_tool.io.sidefiles import read_json
-
-    p = directory / "config.json"
-    if not p.is_file():
-        return None
-    data = read_json(p, "the original Hugging Face config")
-    if not isinstance(data, dict):
-        raise InvalidFile(f"{p}: expected a JSON object")
-    return data
-
-
 def _refuse_kind(source: CheckpointInfo) -> None:
     kind = source.adapter_type
     if kind == "adapter":
@@ -495,21 +303,13 @@ def _refuse_kind(source: CheckpointInfo) -> None:
         raise Unsupported(f"{source.path}: a LitGPT {kind or source.kind} is not a LoRA adapter")
 
 
-#: Names of LitGPT config fields before 2024-03 (formats.md §2.2) and of 0.4.6-0.5.7's window placing.
-LEGACY_KEYS = ("_norm_class", "_mlp_class", "condense_ratio", "org", "sliding_window_layer_placing")
-
-
 def _refuse_legacy(cfg: Mapping[str, Any], where: Any) -> None:
-    old = [k for k in LEGACY_KEYS if k in cfg]
+    old = [k for k in cfg if k in LEGACY_CONFIG_KEYS]
     if old:
         raise Unsupported(
             f"{where}: a legacy LitGPT model config (fields {', '.join(old)}), which today's LitGPT does not read",
             "run 'ckpt-tool migrate' on the run directory first; it upgrades the config",
         )
-
-
-def _num(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _lora_settings(source: CheckpointInfo) -> tuple[int, float, tuple[bool, bool, bool], dict[str, bool], Any]:
@@ -535,19 +335,19 @@ def _lora_settings(source: CheckpointInfo) -> tuple[int, float, tuple[bool, bool
         )
     if not _num(alpha) or alpha <= 0 or alpha / r > MAX_LORA_SCALE:
         raise InvalidFile(f"{source.path}: lora_alpha = {alpha!r:.30} is not a usable positive number")
-    qkv = tuple(lora.get(f) for f in QKV_PARTS)
+    qkv = tuple(lora.get(f) for f in keys.QKV_PARTS)
     if any(v is None for v in qkv):
         raise Refused(
             f"{source.path}: cannot tell which of query/key/value the attn.qkv LoRA covers (no {HYPERPARAMETERS} "
             "records lora_query/lora_key/lora_value and the shapes fit several choices)",
             f"record the lora_query/lora_key/lora_value flags in {HYPERPARAMETERS} (the old default was query+value)",
         )
-    others = {f: bool(lora.get(f)) for f in ("projection", "mlp", "head")}
+    others = {f: bool(lora.get(f)) for f in keys.MODULE_FLAGS}
     return r, alpha, (bool(qkv[0]), bool(qkv[1]), bool(qkv[2])), others, lora.get("dropout")
 
 
 def _enabled_groups(qkv: tuple[bool, bool, bool], others: Mapping[str, bool]) -> dict[str, bool]:
-    return {**dict(zip(QKV_PARTS, qkv)), **others}
+    return {**dict(zip(keys.QKV_PARTS, qkv)), **others}
 
 
 def _check_lit_tensors(
@@ -556,7 +356,7 @@ def _check_lit_tensors(
 ) -> dict[str, tuple[TensorInfo, TensorInfo]]:
     """Every module the flags enable has A and B of the right shapes in every layer; nothing else is there."""
     by_name = {t.name: t for t in source.tensors}
-    possible = model.lora_modules()
+    possible = _targets(model)
     expected = {m: k for m, k in possible.items() if (any(qkv) if k == "qkv" else others.get(k, False))}
     problems: list[str] = []
     legacy = [n for n in by_name if ".attn.attn." in n]
@@ -566,11 +366,12 @@ def _check_lit_tensors(
             "land depends on the LitGPT era that wrote it (formats.md §2.4), which the file does not record",
             "merge it with the LitGPT release that trained it and convert the merged model instead",
         )
-    unknown = sorted(n for n in by_name if not (n.endswith((".lora_A", ".lora_B")) and n.rsplit(".", 1)[0] in expected))
+    part = {n: p[0] for n in by_name if (p := keys.lora_part(n))}  # LoRA tensor → its module
+    unknown = sorted(n for n in by_name if part.get(n) not in expected)
     if unknown:
-        stray = [n for n in unknown if n.rsplit(".", 1)[0] in possible]
+        stray = [n for n in unknown if part.get(n) in possible]
         if stray:
-            mods = sorted({n.rsplit(".", 1)[0] for n in stray})
+            mods = sorted({part[n] for n in stray})
             kinds = sorted({possible[m] if possible[m] != "qkv" else "query/key/value" for m in mods})
             problems.append(
                 f"LoRA tensors on {len(mods)} module(s) whose lora_{'/lora_'.join(kinds)} flag is off in "
@@ -584,8 +385,7 @@ def _check_lit_tensors(
     for m, kind in expected.items():
         a, b = by_name.get(f"{m}.lora_A"), by_name.get(f"{m}.lora_B")
         if a is None or b is None:
-            key = re.sub(r"\.h\.\d+\.", ".h.<N>.", m)
-            missing.setdefault(key, []).append(_layer(m) if _layer(m) is not None else -1)
+            missing.setdefault(keys.any_layer(m), []).append(-1 if (x := keys.layer_of(m)) is None else x)
             continue
         cols = table[f"{m}.weight"][1]
         parts = blocks(model, m, kind, qkv, r, table[f"{m}.weight"][0])
@@ -602,7 +402,7 @@ def _check_lit_tensors(
             continue
         out[m] = (a, b)
     for key, layers in missing.items():
-        where = _layers_text([x for x in layers if x >= 0])
+        where = keys.layers_text(x for x in layers if x >= 0)
         problems.append(
             f"{HYPERPARAMETERS} enables LoRA on {key} but the adapter has no lora_A/lora_B for it"
             + (f" in {where}" if where else "")
@@ -629,7 +429,7 @@ def lora_to_hub(source: CheckpointInfo, options: Any) -> HubView:
     _refuse_kind(source)
     details = source.details or {}
     cfg = details.get("model_config")
-    directory = _dir(source)
+    directory = source_dir(source)
     if not cfg:
         raise InvalidFile(
             f"{source.path}: no {MODEL_CONFIG} beside the adapter, so the architecture (q/k/v sizes, module names) "
@@ -648,7 +448,7 @@ def lora_to_hub(source: CheckpointInfo, options: Any) -> HubView:
             "fine-tune with lora_mlp false (attention LoRA converts), or merge the adapter and convert the model",
         )
     fam = family_for_lit(cfg)
-    base_cfg = _original_config(directory)
+    base_cfg = original_config(directory)
     mine = {f"{m}.weight" for m in present}
     rm = row_map(fam, cfg, model, options.tie, base_cfg, lambda st: any(r.name in mine for r in st.reads))
     for m in present:
@@ -661,7 +461,7 @@ def lora_to_hub(source: CheckpointInfo, options: Any) -> HubView:
                 if m == "lm_head"
                 else "merge the adapter and convert the merged model",
             )
-    kinds = model.lora_modules()
+    kinds = _targets(model)
     parts = {m: blocks(model, m, kinds[m], qkv, r, table[f"{m}.weight"][0]) for m in present}
     steps: list[Step] = []
     modules: dict[str, dict[str, Any]] = {}
@@ -670,7 +470,7 @@ def lora_to_hub(source: CheckpointInfo, options: Any) -> HubView:
         if step is None:
             continue
         steps.extend(step)
-        modules[_hf_module(hf_weight)] = {"r": r * n, "alpha": _int_if_whole(alpha * n), "scale": alpha / r}
+        modules[_hf_module(hf_weight)] = {"r": r * n, "alpha": whole(alpha * n), "scale": alpha / r}
         if (alpha * n) / (r * n) != alpha / r:
             raise Unsupported(f"lora_alpha {alpha!r} × {n} is not exact in floating point; PEFT's scale would differ")
     targets = sorted({_short(m) for m in modules})
@@ -696,7 +496,7 @@ def lora_to_hub(source: CheckpointInfo, options: Any) -> HubView:
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "r": r,
-        "lora_alpha": _int_if_whole(alpha),
+        "lora_alpha": whole(alpha),
         "lora_dropout": float(dropout) if _num(dropout) else 0.0,
         "target_modules": targets,
         "base_model_name_or_path": base_name,
@@ -715,10 +515,6 @@ def lora_to_hub(source: CheckpointInfo, options: Any) -> HubView:
         "lit": {"r": r, "alpha": alpha, **_enabled_groups(qkv, others)},
     }
     return HubView("adapter", steps, config, {}, extra, notes)
-
-
-def _int_if_whole(x: float) -> int | float:
-    return int(x) if float(x).is_integer() else x
 
 
 def _base_name(options: Any, details: Mapping[str, Any], directory: Path) -> tuple[str | None, list[str]]:
@@ -861,10 +657,7 @@ def _refuse_variants(view: HubView) -> None:
 
 def _hub_modules(view: HubView) -> tuple[dict[str, dict[str, TensorInfo]], dict[str, TensorInfo]]:
     """LoRA tensors of the view by HF module (A / B), and every hub tensor by name; refuses non-LoRA tensors."""
-    tensors: dict[str, TensorInfo] = {}
-    for s in view.steps:
-        for o in s.outs:
-            tensors[o.name] = TensorInfo(o.name, o.dtype, o.shape, file="", data_offset=0, storage_numel=math.prod(o.shape))
+    tensors = hub_tensors(view)
     modules: dict[str, dict[str, TensorInfo]] = {}
     kinds: dict[str, list[str]] = {}
     for name, t in tensors.items():
@@ -929,7 +722,8 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
         raise Refused("the PEFT adapter holds no LoRA tensors", "nothing to convert")
     cfg, fam, base_dir, base_kind, base_hf = _base_model(options)
     model = LitModel(cfg)
-    possible = model.lora_modules()
+    table = model.base_table()
+    possible = _targets(model)
     adapted = {f"{m}.weight" for m in hub}
     rm = row_map(
         fam, cfg, model, getattr(options, "tie", None), base_hf, lambda st: any(o.name in adapted for o in st.outs)
@@ -940,7 +734,6 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
         raise Unsupported("the adapter uses rank_pattern/alpha_pattern but the view does not resolve them (plugin bug)")
 
     # where each LitGPT block's rows are, for every block any HF module covers
-    table = model.base_table()
     all_blocks = {m: blocks(model, m, k, (True, True, True), 1, table[f"{m}.weight"][0]) for m, k in possible.items()}
     cover: dict[Block, _Cover] = {}
     problems: list[str] = []
@@ -1019,14 +812,14 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
         for blk in blist:
             groups.setdefault(blk.group, []).append(blk)
     flags: dict[str, bool] = {}
-    for g in FLAGS:
+    for g in keys.LORA_FLAGS:
         members = groups.get(g, [])
         have = [blk for blk in members if blk in cover]
         flags[g] = bool(have)
         if have and len(have) != len(members):
             lack = [blk for blk in members if blk not in cover]
-            names = sorted({re.sub(r"\.h\.\d+\.", ".h.<N>.", blk.module) for blk in lack})
-            where = _layers_text([x for blk in lack if (x := _layer(blk.module)) is not None])
+            names = sorted({keys.any_layer(blk.module) for blk in lack})
+            where = keys.layers_text(x for blk in lack if (x := keys.layer_of(blk.module)) is not None)
             what = {"mlp": "every MLP Linear (lora_mlp)", "projection": "attn.proj (lora_projection)",
                     "head": "lm_head (lora_head)"}.get(g, f"the {g} part of attn.qkv (lora_{g})")
             problems.append(
@@ -1041,13 +834,13 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
             "LitGPT's flags (lora_query/key/value/projection/mlp/head) adapt a module kind in every layer",
         )
 
-    qkv = tuple(flags[g] for g in QKV_PARTS)
+    qkv = tuple(flags[g] for g in keys.QKV_PARTS)
     steps: list[Step] = []
     for mod, kind in possible.items():
         if not (any(qkv) if kind == "qkv" else flags[kind]):
             continue
         steps += _backward_step(mod, blocks(model, mod, kind, qkv, r, table[f"{mod}.weight"][0]), cover, hub, r)
-    hp_flags = {f"lora_{g}": flags[g] for g in FLAGS}
+    hp_flags = {f"lora_{g}": flags[g] for g in keys.LORA_FLAGS}
     dropout = (view.config or {}).get("lora_dropout", 0.0)
     checkpoint_dir, notes = _checkpoint_dir(options, base_kind, view)
     hp: dict[str, Any] = {
@@ -1070,14 +863,12 @@ def lora_from_hub(view: HubView, options: Any) -> HubResult:
 
     travel = {"config.json": base_dir / "config.json"} if (base_dir / "config.json").is_file() else {}
     travel.update(travelling_files(base_dir))
-    side += [SideFile(n, src=p) for n, p in travel.items() if n in ("config.json", "generation_config.json",
-                                                                      "tokenizer.json", "tokenizer.model",
-                                                                      "tokenizer_config.json")]
+    side += [SideFile(n, src=p) for n, p in travel.items() if n in COPY_CONFIG_FILES and n != MODEL_CONFIG]
     if view.config.get("use_rslora"):
         notes.append(f"rsLoRA scale alpha/√r = {scale!r} kept exactly as lora_alpha = {alpha} with r = {r}")
-    summary = {"family": fam.name, "lora": {"r": r, "alpha": alpha, **{g: flags[g] for g in FLAGS}}}
+    summary = {"family": fam.name, "lora": {"r": r, "alpha": alpha, **{g: flags[g] for g in keys.LORA_FLAGS}}}
     # a merged lit_model.pth beside a new adapter would be taken for its merge (LitGPT does not look): stale
-    options = {"weights_name": LORA_WEIGHTS, "wrapper": "model", "stale_names": ["lit_model.pth"]}
+    options = {"weights_name": keys.WEIGHTS_NAME[keys.LORA], "wrapper": "model", "stale_names": [keys.WEIGHTS_NAME[keys.FULL]]}
     return HubResult(steps, side, options, summary, notes)
 
 

@@ -29,7 +29,6 @@ the summary (``assumed``) and warns on stderr.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,31 +36,17 @@ from ckpt_tool.errors import InvalidFile, NotFound, Refused, UsageError
 from ckpt_tool.io.container import read_container
 from ckpt_tool.model import DTYPE_NAMES, CheckpointInfo
 from ckpt_tool.ops.merge_plan import MergeOptions, MergePlan, lora_scale, scale_problem
-from ckpt_tool_lit.config import HYPERPARAMETERS, MODEL_CONFIG
-from ckpt_tool_lit.detect import LORA_FLAGS
+from ckpt_tool_lit import keys
+from ckpt_tool_lit.config import COPY_CONFIG_FILES, HYPERPARAMETERS, MODEL_CONFIG
 from ckpt_tool_lit.geometry import Geometry
-from ckpt_tool_lit.keys import lora_modules, module_kind
 
 if TYPE_CHECKING:
     import torch
 
-WEIGHTS = "lit_model.pth"
-ADAPTER_FILES = ("lit_model.pth.lora", "lit_model.pth.adapter", "lit_model.pth.adapter_v2")
+WEIGHTS = keys.WEIGHTS_NAME[keys.FULL]
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 # Files a complete LitGPT checkpoint dir carries next to the weights (litgpt.utils.copy_config_files + run files).
-SIDE_FILES = (
-    "model_config.yaml",
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "hyperparameters.yaml",
-    "prompt_style.yaml",
-)
-# LitGPT MLP Linears that get LoRA with lora_mlp (GptNeoxMLP, LLaMAMLP, LLaMAMoE gate and experts).
-_MLP_LINEAR = re.compile(r"\.mlp\.(experts\.\d+\.)?(fc|fc_1|fc_2|proj|gate)$")
+SIDE_FILES = (*COPY_CONFIG_FILES, "special_tokens_map.json", HYPERPARAMETERS, "prompt_style.yaml")
 _CONFIG_KEYS = (
     "n_embd",
     "n_layer",
@@ -108,9 +93,6 @@ def _flag(lora: dict[str, Any], name: str) -> bool:
     return bool(lora.get(name))
 
 
-_LAYER = re.compile(r"\.h\.(\d+)\.")
-
-
 class _Problems:
     """Collects every mismatch; the same problem in several layers is reported once, naming the layers."""
 
@@ -118,25 +100,13 @@ class _Problems:
         self.items: dict[str, list[int]] = {}
 
     def add(self, text: str) -> None:
-        layers = sorted({int(x) for x in _LAYER.findall(text)})
-        key = _LAYER.sub(".h.<N>.", text) if layers else text
-        self.items.setdefault(key, []).extend(layers[:1])
-
-    @staticmethod
-    def _layers(idx: list[int]) -> str:
-        idx = sorted(set(idx))
-        if not idx:
-            return ""
-        if len(idx) == 1:
-            return f" (layer {idx[0]})"
-        if idx == list(range(idx[0], idx[-1] + 1)) and len(idx) > 2:
-            return f" (layers {idx[0]}-{idx[-1]})"
-        return " (layers " + ", ".join(map(str, idx)) + ")"
+        layer = keys.layer_of(text)
+        self.items.setdefault(keys.any_layer(text), []).extend([] if layer is None else [layer])
 
     def raise_if_any(self, adapter: CheckpointInfo, base: CheckpointInfo) -> None:
         if not self.items:
             return
-        lines = [k + self._layers(v) for k, v in self.items.items()]
+        lines = [k + (f" ({where})" if (where := keys.layers_text(v)) else "") for k, v in self.items.items()]
         raise Refused(
             f"cannot merge {adapter.path} into {base.path}: {len(lines)} mismatch"
             + ("es" if len(lines) > 1 else "")
@@ -175,11 +145,11 @@ def _existing_output(default_out: Path, base: CheckpointInfo, adapter_files: set
         cont = read_container(default_out)
     except Exception as exc:  # noqa: BLE001 - any unreadable file: say so
         return f"{default_out} already exists and is not a readable checkpoint ({exc})"
-    keys = cont.tensors
-    if any("lora_" in k for k in keys):
+    stored = cont.tensors
+    if any("lora_" in k for k in stored):
         return f"{default_out} already exists and holds LoRA tensors (an unmerged training state)"
     want = {t.name: tuple(t.shape) for t in base.tensors if "lora_" not in t.name}
-    have = {k: tuple(t.shape) for k, t in keys.items()}
+    have = {k: tuple(t.shape) for k, t in stored.items()}
     if have == want:
         return (
             f"{default_out} already exists and is a full model with the base's {len(want)} tensors and shapes: "
@@ -203,7 +173,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             f"{adapter.path} holds no LoRA tensors", "the adapter file is empty; use a later checkpoint"
         )
     base_tensors = {t.name: t for t in base.tensors}
-    modules = lora_modules(adapter_tensors)
+    modules = keys.lora_modules(adapter_tensors)
 
     legacy = [m for m in modules if m.endswith(".attn.attn")]
     if legacy:
@@ -222,7 +192,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
 
     config = details.get("model_config") or (base.details or {}).get("model_config")
     config_dir = details.get("dir") if details.get("model_config") else (base.details or {}).get("dir")
-    has_qkv = any(module_kind(m) == "qkv" for m in modules)
+    has_qkv = any(keys.module_kind(m) == "qkv" for m in modules)
     geometry = None
     if config and has_qkv:  # a malformed config is an InvalidFile here, never a crash in the math
         geometry = Geometry.from_config(config, str(Path(config_dir or ".") / MODEL_CONFIG))
@@ -268,7 +238,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         if problem:
             raise UsageError(f"--lora-alpha {alpha}: {problem} (r={r} from the adapter)", "pass the lora_alpha used in training")
     scaling = lora_scale(alpha, r, where=str(hp_file))  # LitGPT: lora_alpha / r
-    if has_qkv and any(lora.get(f) is None for f in ("query", "key", "value")):
+    if has_qkv and any(lora.get(f) is None for f in keys.QKV_PARTS):
         raise Refused(
             f"{adapter.path}: cannot tell which of query/key/value the attn.qkv LoRA covers (no "
             "hyperparameters.yaml records lora_query/lora_key/lora_value and the shapes fit several choices)",
@@ -276,7 +246,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             "(e.g. query,value: the old lit-gpt default)",
         )
     enable = (_flag(lora, "query"), _flag(lora, "key"), _flag(lora, "value"))
-    flags = {"projection": _flag(lora, "projection"), "mlp": _flag(lora, "mlp"), "head": _flag(lora, "head")}
+    flags = {f: _flag(lora, f) for f in keys.MODULE_FLAGS}
 
     lora_dtype = adapter.tensors[0].dtype  # LitGPT: next(iter(lora_checkpoint.values())).dtype
     for t in adapter.tensors:
@@ -301,7 +271,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
             continue
         if len(a.shape) != 2 or len(b.shape) != 2 or len(w.shape) != 2:
             continue
-        kind = module_kind(m)
+        kind = keys.module_kind(m)
         if kind == "qkv":
             n_enabled = sum(enable)
             if not n_enabled:
@@ -348,9 +318,9 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         if not w_name.endswith(".weight") or len(w.shape) != 2:
             continue
         m = w_name[: -len(".weight")]
-        kind = module_kind(m)
+        kind = keys.module_kind(m)
         expected = any(enable) if kind == "qkv" else flags.get(kind, False)
-        if kind == "mlp" and not _MLP_LINEAR.search(m):
+        if kind == "mlp" and not keys.is_lora_mlp(m):
             continue
         if expected and m not in have:
             problems.add(
@@ -377,7 +347,7 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
     if out is not None and os.path.realpath(out) == os.path.realpath(adapter_dir):
         out = None  # --out FINAL/ is LitGPT's own convention (the merge beside the adapter): same checks
     if out is not None:
-        theirs = [n for n in ADAPTER_FILES if (Path(out) / n).is_file()]
+        theirs = [n for n in keys.ADAPTER_NAMES if (Path(out) / n).is_file()]
         if theirs:
             raise Refused(
                 f"--out {out} holds another LitGPT adapter ({theirs[0]}): a {WEIGHTS} written beside it makes "
@@ -458,14 +428,14 @@ def _apply_overrides(lora: dict[str, Any], options: MergeOptions) -> tuple[list[
     assumed = set(lora.get("assumed") or [])
     recorded = lora.get("source") not in (None, "tensors")
     if options.lora_targets is not None:
-        unknown = [t for t in options.lora_targets if t not in LORA_FLAGS]
+        unknown = [t for t in options.lora_targets if t not in keys.LORA_FLAGS]
         if unknown:
             raise UsageError(
                 f"--lora-targets: {', '.join(map(repr, unknown))} is not a LitGPT LoRA target",
-                f"use a comma-separated list of {', '.join(LORA_FLAGS)}",
+                f"use a comma-separated list of {', '.join(keys.LORA_FLAGS)}",
             )
         changed = []
-        for flag in LORA_FLAGS:
+        for flag in keys.LORA_FLAGS:
             value = flag in options.lora_targets
             if recorded and isinstance(lora.get(flag), bool) and lora[flag] != value and flag not in assumed:
                 changed.append(f"lora_{flag}={str(lora[flag]).lower()}")

@@ -91,23 +91,23 @@ class Falcon(HubFamily):
         norm_1, norm_2 = ("input_layernorm", None) if c["shared_attention_norm"] else ("ln_attn", "ln_mlp")
 
         def norm(lit: str, hf: str | None) -> list[T]:
-            return [T(f"{lit}.{k}", f"{hf}.{k}", "embd") for k in ("weight", "bias")] if hf else []
+            return [T(f"{lit}.{k}", f"{hf}.{k}") for k in ("weight", "bias")] if hf else []
 
-        def linear(lit: str, hf: str, weight: str, bias: str, regroup: bool = False) -> list[T]:
-            return [T(f"{lit}.{k}", f"{hf}.{k}", weight if k == "weight" else bias, regroup) for k in kinds]
+        def linear(lit: str, hf: str, regroup: bool = False) -> list[T]:
+            return [T(f"{lit}.{k}", f"{hf}.{k}", regroup) for k in kinds]
 
         layer = [  # LitGPT's module order
             *norm("norm_1", norm_1),
-            *linear("attn.qkv", "self_attention.query_key_value", "qkv", "qkv_bias", regroup=True),
-            *linear("attn.proj", "self_attention.dense", "o", "embd"),
+            *linear("attn.qkv", "self_attention.query_key_value", regroup=True),
+            *linear("attn.proj", "self_attention.dense"),
             *norm("norm_2", norm_2),
-            *linear("mlp.fc", "mlp.dense_h_to_4h", "up", "up_bias"),
-            *linear("mlp.proj", "mlp.dense_4h_to_h", "down", "embd"),
+            *linear("mlp.fc", "mlp.dense_h_to_4h"),
+            *linear("mlp.proj", "mlp.dense_4h_to_h"),
         ]
         return Layout(
             tuple(layer),
             hf_layer="transformer.h.",
-            top=tuple(T(f"transformer.ln_f.{k}", f"transformer.ln_f.{k}", "embd") for k in ("weight", "bias")),
+            top=tuple(norm("transformer.ln_f", "transformer.ln_f")),
             embed="transformer.word_embeddings.weight",
         )
 

@@ -30,15 +30,15 @@ from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 
 GEMMA2 = Layout(
     (
-        T("norm_1.weight", "input_layernorm.weight", "embd"),
-        T("attn.qkv.weight", QKV, "qkv"),
-        T("attn.proj.weight", "self_attn.o_proj.weight", "o"),
-        T("post_attention_norm.weight", "post_attention_layernorm.weight", "embd"),
-        T("norm_2.weight", "pre_feedforward_layernorm.weight", "embd"),
-        T("mlp.fc_1.weight", "mlp.gate_proj.weight", "up"),
-        T("mlp.fc_2.weight", "mlp.up_proj.weight", "up"),
-        T("mlp.proj.weight", "mlp.down_proj.weight", "down"),
-        T("post_mlp_norm.weight", "post_feedforward_layernorm.weight", "embd"),
+        T("norm_1.weight", "input_layernorm.weight"),
+        T("attn.qkv.weight", QKV),
+        T("attn.proj.weight", "self_attn.o_proj.weight"),
+        T("post_attention_norm.weight", "post_attention_layernorm.weight"),
+        T("norm_2.weight", "pre_feedforward_layernorm.weight"),
+        T("mlp.fc_1.weight", "mlp.gate_proj.weight"),
+        T("mlp.fc_2.weight", "mlp.up_proj.weight"),
+        T("mlp.proj.weight", "mlp.down_proj.weight"),
+        T("post_mlp_norm.weight", "post_feedforward_layernorm.weight"),
     )
 )
 GEMMA3 = Layout(GEMMA2.layer[:3] + QK_NORM + GEMMA2.layer[3:])

@@ -24,25 +24,25 @@ from ckpt_tool_lit.hub.model_config import ANY, LitModel, cfg_route, lit_name, l
 from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 
 LAYER = (
-    T("norm_1.weight", "input_layernorm.weight", "embd"),
-    T("attn.qkv.weight", QKV, "qkv"),
-    T("attn.proj.weight", "self_attn.o_proj.weight", "o"),
-    T("norm_2.weight", "post_attention_layernorm.weight", "embd"),
+    T("norm_1.weight", "input_layernorm.weight"),
+    T("attn.qkv.weight", QKV),
+    T("attn.proj.weight", "self_attn.o_proj.weight"),
+    T("norm_2.weight", "post_attention_layernorm.weight"),
 )
 MLP = (
-    T("mlp.fc_1.weight", "mlp.gate_proj.weight", "up"),
-    T("mlp.fc_2.weight", "mlp.up_proj.weight", "up"),
-    T("mlp.proj.weight", "mlp.down_proj.weight", "down"),
+    T("mlp.fc_1.weight", "mlp.gate_proj.weight"),
+    T("mlp.fc_2.weight", "mlp.up_proj.weight"),
+    T("mlp.proj.weight", "mlp.down_proj.weight"),
 )
 #: Per-head q/k RMSNorms (Gemma-3, Qwen3), in LitGPT's order right after the attention projections.
 QK_NORM = (
-    T("attn.norm_q.weight", "self_attn.q_norm.weight", "head"),
-    T("attn.norm_k.weight", "self_attn.k_norm.weight", "head"),
+    T("attn.norm_q.weight", "self_attn.q_norm.weight"),
+    T("attn.norm_k.weight", "self_attn.k_norm.weight"),
 )
 DENSE = Layout(LAYER + MLP)
 MIXTRAL = Layout(
-    LAYER + (T("mlp.gate.weight", "block_sparse_moe.gate.weight", "router"),),
-    expert=(T("fc_1.weight", "w1.weight", "eup"), T("fc_2.weight", "w3.weight", "eup"), T("proj.weight", "w2.weight", "edown")),
+    LAYER + (T("mlp.gate.weight", "block_sparse_moe.gate.weight"),),
+    expert=(T("fc_1.weight", "w1.weight"), T("fc_2.weight", "w3.weight"), T("proj.weight", "w2.weight")),
     expert_prefix="block_sparse_moe.experts.",
 )
 

@@ -3,9 +3,11 @@
 * ``LIT_DEFAULTS``: ``litgpt.Config``'s fields and defaults (a test pins them against the installed litgpt).
 * ``LitModel``: a config over those defaults, every value type-checked, the derived sizes computed as
   ``Config.__post_init__`` computes them (head size, query groups, padded vocabulary, MLP size, per-layer
-  sliding / local-rope flags, ``rope_n_elem``), and ``require``: the one check that refuses any setting a
-  transformers architecture cannot express. LitGPT itself needs a *known* model name to convert; this
-  does not, so any size converts.
+  sliding / local-rope flags, ``rope_n_elem``), ``base_table``: the names and shapes of the state dict
+  ``litgpt.GPT`` builds from it (for every LitGPT config, convertible or not; the families' layouts take
+  their LitGPT shapes from it), and ``require``: the one check that refuses any setting a transformers
+  architecture cannot express. LitGPT itself needs a *known* model name to convert; this does not, so any
+  size converts.
 * ``lit_route`` / ``hf_route``: LitGPT's converter dispatch (by name, then MLP class). The name decides
   behaviour in LitGPT (which ``copy_weights_*`` runs, Gemma's ``1 + weight`` norms, OLMo's affine-free
   LayerNorm), so ``lit_name`` only gives a converted model a name that keeps LitGPT on the same path.
@@ -19,8 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckpt_tool.errors import InvalidFile, Unsupported
-from ckpt_tool.limits import MAX_DIM, MAX_EXPERTS, MAX_LAYERS
+from ckpt_tool.limits import MAX_CONFIG_TENSORS, MAX_DIM, MAX_EXPERTS, MAX_LAYERS
+from ckpt_tool_lit.config import MODEL_CONFIG
 from ckpt_tool_lit.geometry import Geometry
+from ckpt_tool_lit.keys import MLP_CLASSES, MLP_LINEARS, MOE
+
+Shape = tuple[int, ...]
 
 #: ``litgpt.Config`` fields and their defaults (litgpt 0.5.13). A config that leaves a field out means
 #: what it means to LitGPT.
@@ -77,6 +83,14 @@ LIT_DEFAULTS: dict[str, Any] = {
     "rope_local_base_freq": None,
     "rope_indices": None,
 }
+
+#: The settings ``base_table`` reads (and ``name``, for OLMo's norms): configs that agree on them have one table.
+TABLE_DEFAULTS = {k: LIT_DEFAULTS[k] for k in (
+    "n_layer", "n_embd", "n_head", "vocab_size", "padding_multiple", "padded_vocab_size", "head_size", "n_query_groups",
+    "intermediate_size", "moe_intermediate_size", "norm_class_name", "bias", "attn_bias", "lm_head_bias", "norm_qk",
+    "norm_qk_type", "post_attention_norm", "post_mlp_norm", "norm_1", "norm_2", "shared_attention_norm",
+    "mlp_class_name", "n_expert", "n_shared_expert", "n_expert_groups", "first_k_dense_replace", "latent_attention",
+)}  # fmt: skip
 
 #: Settings that size the model (every family maps them) or never change the weights or the computation.
 SIZES = (
@@ -211,7 +225,7 @@ class LitModel:
         Unsupported: a setting LitGPT 0.5.13 does not have (a legacy ``_mlp_class``, a newer field).
     """
 
-    def __init__(self, cfg: Mapping[str, Any], source: str = "model_config.yaml") -> None:
+    def __init__(self, cfg: Mapping[str, Any], source: str = MODEL_CONFIG) -> None:
         if not isinstance(cfg, Mapping):
             raise InvalidFile(f"{source}: expected a mapping of settings, found {type(cfg).__name__}")
         self.source = source
@@ -253,9 +267,16 @@ class LitModel:
         else:
             self.intermediate = self.int("intermediate_size")
         self.n_expert = self.int("n_expert", MAX_EXPERTS, zero_ok=True)
+        if self.mlp == MOE and not self.n_expert:
+            raise InvalidFile(f"{source}: n_expert is 0 but mlp_class_name is {self.mlp}")
         self.int("n_expert_per_token", MAX_EXPERTS, zero_ok=True)
         moe = v["moe_intermediate_size"]
         self.expert_intermediate = self.intermediate if moe is None else self.int("moe_intermediate_size")
+        for key, most in (
+            ("n_shared_expert", MAX_EXPERTS), ("n_expert_groups", MAX_EXPERTS), ("first_k_dense_replace", MAX_LAYERS)
+        ):  # fmt: skip
+            if v[key] is not None:
+                self.int(key, most, zero_ok=True)
         self.norm_eps = self.num("norm_eps")
         self.rope_base = self.num("rope_base")
         pct = v["rotary_percentage"]
@@ -305,6 +326,91 @@ class LitModel:
         if not isinstance(v, list) or len(v) < self.n_layer or any(x not in (0, 1) or isinstance(x, float) for x in v):
             raise InvalidFile(f"{self.source}: {key} must be a list of {self.n_layer} zeros and ones")
         return [int(x) for x in v[: self.n_layer]]
+
+    # -- the tensors LitGPT builds ------------------------------------------------------------------
+
+    def base_table(self) -> dict[str, Shape]:
+        """Names and shapes of ``litgpt.GPT(Config(**cfg)).state_dict()`` (0.5.13), in its order, without litgpt
+        or torch (a test compares it with ``litgpt.GPT`` for every registry config).
+
+        Raises:
+            InvalidFile: more than ``MAX_CONFIG_TENSORS`` tensors.
+            Unsupported: a norm, MLP or attention LitGPT 0.5.13 does not build.
+        """
+        per_layer = len(self.layer_tensors(self.n_layer - 1))  # the largest block (dense replacements come first)
+        if self.n_layer * per_layer > MAX_CONFIG_TENSORS:
+            raise InvalidFile(
+                f"{self.source}: {self.n_layer} layers × {per_layer} tensors is past the limit of {MAX_CONFIG_TENSORS}"
+            )
+        outer = self.outer_tensors()
+        head = {k: s for k, s in outer.items() if not k.startswith("transformer.ln_f.")}
+        blocks = {k: s for i in range(self.n_layer) for k, s in self.layer_tensors(i).items()}
+        return {**head, **blocks, **outer}  # lm_head, wte, the blocks, then ln_f
+
+    def outer_tensors(self) -> dict[str, Shape]:
+        """The tensors outside the blocks: ``lm_head``, ``transformer.wte``, ``transformer.ln_f``."""
+        out: dict[str, Shape] = {}
+        self._linear(out, "lm_head", self.vocab, self.n_embd, self.v["lm_head_bias"])
+        out["transformer.wte.weight"] = (self.vocab, self.n_embd)
+        self._norm(out, "transformer.ln_f", self.n_embd)
+        return out
+
+    def layer_tensors(self, i: int) -> dict[str, Shape]:
+        """The tensors of block ``i`` (``litgpt.model.Block``), in module order."""
+        v, g, e = self.v, self.geometry, self.n_embd
+        if v["latent_attention"] is not None:
+            raise Unsupported(f"{self.source}: latent attention (DeepSeek MLA) is not read here")
+        if self.mlp not in MLP_CLASSES:
+            raise Unsupported(f"{self.source}: mlp_class_name {self.mlp!r:.40} is not a LitGPT MLP class")
+        p, (q, kv, _) = f"transformer.h.{i}.", g.qkv_sizes
+        out: dict[str, Shape] = {}
+        if v["norm_1"]:
+            self._norm(out, p + "norm_1", e)
+        self._linear(out, p + "attn.qkv", g.qkv_rows, e, v["bias"] or v["attn_bias"])
+        if v["norm_qk"]:
+            olmo2 = v["norm_qk_type"] == "olmo2"
+            self._norm(out, p + "attn.norm_q", q if olmo2 else g.head_size)
+            self._norm(out, p + "attn.norm_k", kv if olmo2 else g.head_size)
+        self._linear(out, p + "attn.proj", e, q, v["bias"])
+        if v["post_attention_norm"]:
+            self._norm(out, p + "post_attention_norm", e)
+        if v["norm_2"] and not v["shared_attention_norm"]:
+            self._norm(out, p + "norm_2", e)
+        if self.mlp == MOE and i >= (v["first_k_dense_replace"] or 0):
+            out[p + "mlp.gate.weight"] = (self.n_expert, e)
+            if v["n_expert_groups"]:
+                out[p + "mlp.gate.e_score_correction_bias"] = (self.n_expert,)  # GroupedTopkRouter's buffer
+            for x in range(self.n_expert):
+                self._mlp(out, f"{p}mlp.experts.{x}.", "LLaMAMLP", self.expert_intermediate)
+            if v["n_shared_expert"]:
+                self._mlp(out, p + "mlp.shared_experts.", "LLaMAMLP", self.expert_intermediate * v["n_shared_expert"])
+        else:
+            self._mlp(out, p + "mlp.", "LLaMAMLP" if self.mlp == MOE else self.mlp, self.intermediate)
+        if v["post_mlp_norm"]:
+            self._norm(out, p + "post_mlp_norm", e)
+        return out
+
+    def _norm(self, out: dict[str, Shape], name: str, size: int) -> None:
+        """``Config.norm_class``: LayerNorm has a weight and a bias, RMSNorm a weight; a LayerNorm in a model
+        whose name contains "OLMo" has neither (``elementwise_affine=False``)."""
+        if self.norm not in ("LayerNorm", "RMSNorm"):
+            raise Unsupported(f"{self.source}: norm_class_name {self.norm!r:.40} is not a LitGPT norm")
+        if self.norm == "LayerNorm" and "OLMo" in self.name:
+            return
+        out[f"{name}.weight"] = (size,)
+        if self.norm == "LayerNorm":
+            out[f"{name}.bias"] = (size,)
+
+    @staticmethod
+    def _linear(out: dict[str, Shape], name: str, rows: int, cols: int, bias: bool) -> None:
+        out[f"{name}.weight"] = (rows, cols)
+        if bias:
+            out[f"{name}.bias"] = (rows,)
+
+    def _mlp(self, out: dict[str, Shape], prefix: str, mlp: str, size: int) -> None:
+        for n in MLP_LINEARS[mlp]:
+            rows, cols = (self.n_embd, size) if n == "proj" else (size, self.n_embd)
+            self._linear(out, prefix + n, rows, cols, self.v["bias"])
 
     # -- what the model computes -------------------------------------------------------------------
 

@@ -28,21 +28,21 @@ ACT = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 
 
 def _norm(lit: str, hf: str) -> tuple[T, T]:
-    return T(f"{lit}.weight", f"{hf}.weight", "embd"), T(f"{lit}.bias", f"{hf}.bias", "embd")
+    return T(f"{lit}.weight", f"{hf}.weight"), T(f"{lit}.bias", f"{hf}.bias")
 
 
 NEOX = Layout(
     (
         *_norm("norm_1", "input_layernorm"),
-        T("attn.qkv.weight", "attention.query_key_value.weight", "qkv", regroup=True),
-        T("attn.qkv.bias", "attention.query_key_value.bias", "qkv_bias", regroup=True),
-        T("attn.proj.weight", "attention.dense.weight", "o"),
-        T("attn.proj.bias", "attention.dense.bias", "embd"),
+        T("attn.qkv.weight", "attention.query_key_value.weight", regroup=True),
+        T("attn.qkv.bias", "attention.query_key_value.bias", regroup=True),
+        T("attn.proj.weight", "attention.dense.weight"),
+        T("attn.proj.bias", "attention.dense.bias"),
         *_norm("norm_2", "post_attention_layernorm"),
-        T("mlp.fc.weight", "mlp.dense_h_to_4h.weight", "up"),
-        T("mlp.fc.bias", "mlp.dense_h_to_4h.bias", "up_bias"),
-        T("mlp.proj.weight", "mlp.dense_4h_to_h.weight", "down"),
-        T("mlp.proj.bias", "mlp.dense_4h_to_h.bias", "embd"),
+        T("mlp.fc.weight", "mlp.dense_h_to_4h.weight"),
+        T("mlp.fc.bias", "mlp.dense_h_to_4h.bias"),
+        T("mlp.proj.weight", "mlp.dense_4h_to_h.weight"),
+        T("mlp.proj.bias", "mlp.dense_4h_to_h.bias"),
     ),
     hf_layer="gpt_neox.layers.",
     top=_norm("transformer.ln_f", "gpt_neox.final_layer_norm"),

@@ -35,31 +35,30 @@ from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 ACT = {"gelu": "none", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh"}
 PHI = Layout(
     (
-        T("norm_1.weight", "input_layernorm.weight", "embd"),
-        T("norm_1.bias", "input_layernorm.bias", "embd"),
-        T("attn.qkv.weight", QKV, "qkv"),
-        T("attn.qkv.bias", QKV, "qkv_bias"),
-        T("attn.proj.weight", "self_attn.dense.weight", "o"),
-        T("attn.proj.bias", "self_attn.dense.bias", "embd"),
-        T("mlp.fc.weight", "mlp.fc1.weight", "up"),
-        T("mlp.fc.bias", "mlp.fc1.bias", "up_bias"),
-        T("mlp.proj.weight", "mlp.fc2.weight", "down"),
-        T("mlp.proj.bias", "mlp.fc2.bias", "embd"),
+        T("norm_1.weight", "input_layernorm.weight"),
+        T("norm_1.bias", "input_layernorm.bias"),
+        T("attn.qkv.weight", QKV),
+        T("attn.qkv.bias", QKV),
+        T("attn.proj.weight", "self_attn.dense.weight"),
+        T("attn.proj.bias", "self_attn.dense.bias"),
+        T("mlp.fc.weight", "mlp.fc1.weight"),
+        T("mlp.fc.bias", "mlp.fc1.bias"),
+        T("mlp.proj.weight", "mlp.fc2.weight"),
+        T("mlp.proj.bias", "mlp.fc2.bias"),
     ),
     top=(
-        T("transformer.ln_f.weight", "model.final_layernorm.weight", "embd"),
-        T("transformer.ln_f.bias", "model.final_layernorm.bias", "embd"),
+        T("transformer.ln_f.weight", "model.final_layernorm.weight"),
+        T("transformer.ln_f.bias", "model.final_layernorm.bias"),
     ),
-    head_bias=True,
 )
 PHI3 = Layout(
     (
-        T("norm_1.weight", "input_layernorm.weight", "embd"),
-        T("attn.qkv.weight", "self_attn.qkv_proj.weight", "qkv"),
-        T("attn.proj.weight", "self_attn.o_proj.weight", "o"),
-        T("norm_2.weight", "post_attention_layernorm.weight", "embd"),
-        T(("mlp.fc_1.weight", "mlp.fc_2.weight"), "mlp.gate_up_proj.weight", "up"),
-        T("mlp.proj.weight", "mlp.down_proj.weight", "down"),
+        T("norm_1.weight", "input_layernorm.weight"),
+        T("attn.qkv.weight", "self_attn.qkv_proj.weight"),
+        T("attn.proj.weight", "self_attn.o_proj.weight"),
+        T("norm_2.weight", "post_attention_layernorm.weight"),
+        T(("mlp.fc_1.weight", "mlp.fc_2.weight"), "mlp.gate_up_proj.weight"),
+        T("mlp.proj.weight", "mlp.down_proj.weight"),
     )
 )
 VARIANTS = {"phi": Variant("phi", "PhiForCausalLM", PHI), "phi3": Variant("phi3", "Phi3ForCausalLM", PHI3)}

@@ -19,14 +19,14 @@ from ckpt_tool_lit.hub.llama import LAYER, MLP, QK_NORM, RULES, lit_llama, llama
 from ckpt_tool_lit.hub.model_config import ANY, LitModel, lit_name, same_route
 from ckpt_tool_lit.hub.tensors import QKV, Layout, T
 
-QWEN2 = Layout(LAYER[:2] + (T("attn.qkv.bias", QKV, "qkv_bias"),) + LAYER[2:] + MLP)
+QWEN2 = Layout(LAYER[:2] + (T("attn.qkv.bias", QKV),) + LAYER[2:] + MLP)
 QWEN3 = Layout(LAYER[:3] + QK_NORM + LAYER[3:] + MLP)
 QWEN3_MOE = Layout(
-    LAYER[:3] + QK_NORM + LAYER[3:] + (T("mlp.gate.weight", "mlp.gate.weight", "router"),),
+    LAYER[:3] + QK_NORM + LAYER[3:] + (T("mlp.gate.weight", "mlp.gate.weight"),),
     expert=(
-        T("fc_1.weight", "gate_proj.weight", "eup"),
-        T("fc_2.weight", "up_proj.weight", "eup"),
-        T("proj.weight", "down_proj.weight", "edown"),
+        T("fc_1.weight", "gate_proj.weight"),
+        T("fc_2.weight", "up_proj.weight"),
+        T("proj.weight", "down_proj.weight"),
     ),
     expert_prefix="mlp.experts.",
 )

@@ -1,8 +1,9 @@
 """Tensor maps LitGPT ↔ transformers, and the one place they become transform steps.
 
 A family describes its architecture as a ``Layout``: a small table of ``T`` entries, one per tensor of
-a layer (and of an MoE expert, and outside the layers), each naming the LitGPT tensor(s), the
-transformers tensor(s) and the shape kind. The entry's form says the operation, both ways:
+a layer (and of an MoE expert, and outside the layers), each naming the LitGPT tensor(s) and the
+transformers tensor(s); the LitGPT shapes are ``LitModel``'s (``layer_tensors``, the table a test
+checks against ``litgpt.GPT``). The entry's form says the operation, both ways:
 
 * one name each side: a copy (LitGPT's converters rename and never cast);
 * a tuple of transformers modules: LitGPT's fused ``attn.qkv`` rows split into q, k, v (``split``
@@ -31,13 +32,13 @@ from ckpt_tool.io.tensors import is_float
 from ckpt_tool.model import TensorInfo
 from ckpt_tool.ops.transform import Compute, Out, Read, Step, copy_step
 from ckpt_tool_lit.geometry import Geometry
+from ckpt_tool_lit.hub.model_config import Shape
 
 if TYPE_CHECKING:
     import torch
 
     from ckpt_tool_lit.hub.model_config import LitModel
 
-Shape = tuple[int, ...]
 WTE = "transformer.wte.weight"
 LM_HEAD = "lm_head.weight"
 #: Tensors a config may describe beyond the checkpoint before the plan stops (a missing layer or two is
@@ -53,7 +54,6 @@ class T:
 
     lit: str | tuple[str, ...]
     hf: str | tuple[str, ...]  # a tuple of modules: the lit tensor's row blocks (".weight"/".bias" appended)
-    shape: str  # shape kind (``shapes``) of each LitGPT tensor
     regroup: bool = False  # fused qkv rows interleaved per query group in transformers
 
 
@@ -63,10 +63,9 @@ class Layout:
 
     layer: tuple[T, ...]
     hf_layer: str = "model.layers."  # transformers' prefix of layer i is f"{hf_layer}{i}."
-    top: tuple[T, ...] = (T("transformer.ln_f.weight", "model.norm.weight", "embd"),)
+    top: tuple[T, ...] = (T("transformer.ln_f.weight", "model.norm.weight"),)
     embed: str = "model.embed_tokens.weight"
     head: str = LM_HEAD
-    head_bias: bool = False  # ``lm_head.bias`` (Phi), the same name on both sides
     expert: tuple[T, ...] = ()
     expert_prefix: str = ""  # transformers, under the layer: "block_sparse_moe.experts." / "mlp.experts."
     #: transformers buffers of old saves (rotary ``inv_freq``, causal masks): consumed, written nowhere.
@@ -85,27 +84,22 @@ class Unit:
     why: str = ""
 
 
-def shapes(c: LitModel) -> dict[str, Shape]:
-    g, e = c.geometry, c.n_embd
-    return {
-        "embd": (e,), "head": (g.head_size,), "qkv": (g.qkv_rows, e), "qkv_bias": (g.qkv_rows,),
-        "o": (e, g.n_head * g.head_size), "up": (c.intermediate, e), "up_bias": (c.intermediate,),
-        "down": (e, c.intermediate), "router": (c.n_expert, e), "eup": (c.expert_intermediate, e),
-        "edown": (e, c.expert_intermediate),
-    }  # fmt: skip
-
-
-def _unit(t: T, lp: str, hp: str, shape: Mapping[str, Shape], geo: Geometry) -> Unit:
-    s = shape[t.shape]
+def _unit(t: T, lp: str, hp: str, table: Mapping[str, Shape], geo: Geometry) -> Unit:
+    """The unit of one layout entry; ``table``: LitGPT's tensors of the block (or outside the blocks)."""
+    lit = (t.lit,) if isinstance(t.lit, str) else t.lit
+    missing = [lp + n for n in lit if lp + n not in table]
+    if missing:
+        raise Unsupported(f"{missing[0]} is not a tensor of this LitGPT model, but the layout maps it (plugin bug)")
+    s = table[lp + lit[0]]
     if isinstance(t.hf, tuple):  # LitGPT's fused qkv ↔ q, k, v
         rows = geo.qkv_sizes
         kind = str(t.lit).rsplit(".", 1)[1]
         parts = tuple((f"{hp}{m}.{kind}", (r, *s[1:])) for m, r in zip(t.hf, rows))
         return Unit(((lp + str(t.lit), s),), parts, partial(_split, rows), _cat, f"fused qkv {kind} ↔ q/k/v")
     if isinstance(t.lit, tuple):  # LitGPT row blocks ↔ one fused transformers tensor
-        sizes = tuple(s[0] for _ in t.lit)
+        sizes = tuple(table[lp + n][0] for n in t.lit)
         hf = ((hp + t.hf, (sum(sizes), *s[1:])),)
-        return Unit(tuple((lp + n, s) for n in t.lit), hf, _cat, partial(_split, sizes), f"{t.hf} = row blocks")
+        return Unit(tuple((lp + n, table[lp + n]) for n in t.lit), hf, _cat, partial(_split, sizes), f"{t.hf} = row blocks")
     if t.regroup:
         return Unit(
             ((lp + t.lit, s),), ((hp + t.hf, s),), partial(_interleave, geo), partial(_group, geo),
@@ -123,13 +117,13 @@ def units(c: LitModel, layout: Layout, tied: bool, hf_names: Iterable[str] = (),
     bits (LitGPT's converters drop a trained head unseen; ``untie`` says how to keep it); hf → lit writes
     the embeddings into both, as LitGPT does, or checks the head a tied file still carries (``hf_names``).
     """
-    shape, geo = shapes(c), c.geometry
-    emb = (c.vocab, c.n_embd)
+    geo, outer = c.geometry, c.outer_tensors()
+    emb = outer[WTE]
     lit_pair = ((LM_HEAD, emb), (WTE, emb))
     if not tied:
         yield Unit(((LM_HEAD, emb),), ((layout.head, emb),))
-    if layout.head_bias:
-        yield Unit((("lm_head.bias", (c.vocab,)),), (("lm_head.bias", (c.vocab,)),))
+    if "lm_head.bias" in outer:  # LitGPT's lm_head_bias (Phi): the same name in transformers
+        yield _unit(T("lm_head.bias", "lm_head.bias"), "", "", outer, geo)
     if not tied:
         yield Unit(((WTE, emb),), ((layout.embed, emb),))
     elif layout.head in set(hf_names):
@@ -139,17 +133,15 @@ def units(c: LitModel, layout: Layout, tied: bool, hf_names: Iterable[str] = (),
         to_hf = partial(_tied_to_hf, untie or UNTIE)
         yield Unit(lit_pair, ((layout.embed, emb),), to_hf, None, "lm_head tied to the embeddings")
     experts = c.n_expert if layout.expert else 0
-    if layout.expert and not experts:
-        raise InvalidFile(f"{c.source}: n_expert is 0 but mlp_class_name is {c.mlp}")
     for i in range(c.n_layer):
-        lp, hp = f"transformer.h.{i}.", f"{layout.hf_layer}{i}."
+        lp, hp, table = f"transformer.h.{i}.", f"{layout.hf_layer}{i}.", c.layer_tensors(i)
         for t in layout.layer:
-            yield _unit(t, lp, hp, shape, geo)
+            yield _unit(t, lp, hp, table, geo)
         for e in range(experts):
             for t in layout.expert:
-                yield _unit(t, f"{lp}mlp.experts.{e}.", f"{hp}{layout.expert_prefix}{e}.", shape, geo)
+                yield _unit(t, f"{lp}mlp.experts.{e}.", f"{hp}{layout.expert_prefix}{e}.", table, geo)
     for t in layout.top:
-        yield _unit(t, "", "", shape, geo)
+        yield _unit(t, "", "", outer, geo)
 
 
 UNTIE = (
