@@ -1,4 +1,5 @@
-"""``ckpt-tool split``: separate LoRA tensors from their base, or shard / consolidate a model, by byte copies."""
+"""``ckpt-tool split``: separate LoRA tensors from their base, shard / consolidate a model (byte copies), or extract
+a LoRA adapter from a full fine-tune."""
 
 from __future__ import annotations
 
@@ -55,6 +56,33 @@ def _human(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _extracted(s: dict[str, Any]) -> str:
+    """The per-module table of ``--extract-lora`` and the lines around it."""
+    dry = s.get("dry_run")
+    lora = s.get("lora") or {}
+    head = "would extract" if dry else "extracted"
+    lines = [
+        f"{head} a rank-{s['rank']} PEFT LoRA adapter from {s['source']} against the base {s['base']}"
+        + (" (dry run: nothing written)" if dry else ""),
+        f"  r={lora.get('r')}, lora_alpha={lora.get('lora_alpha')} (scale 1), {len(s.get('modules', []))} modules, "
+        f"factors stored as {s.get('factor_dtype')}",
+    ]
+    rows = []
+    for m in s.get("modules", []):
+        row = [m["module"], "x".join(map(str, m["shape"])), m["rank"]]
+        row += [f"{m[k]:.4%}" if k in m else "-" for k in ("energy", "error", "optimum")]
+        rows.append(row)
+    lines.append(render.table(rows, ["module", "shape", "rank", "energy kept", "rel. error", "optimum"]))
+    t = s.get("tensors", {})
+    if not dry:
+        lines.append(f"  {t.get('tensors', 0)} tensors, {render.human_bytes(t.get('bytes', 0))}, {s.get('seconds', 0):.2f} s")
+    verb = "would write" if dry else "wrote"
+    lines.extend(f"  {verb} {p}" for p in s.get("outputs", []))
+    lines.extend(f"  note: {n}" for n in s.get("notes", []))
+    lines.extend(f"  warning: {w}" for w in s.get("warnings", []))
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("split", no_args_is_help=True)
     def split_cmd(
@@ -67,6 +95,10 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and list the outputs; write nothing.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+        extract_lora: Annotated[bool, typer.Option("--extract-lora", help="Extract a PEFT LoRA adapter from a full fine-tune (with --base, --rank, --out).")] = False,
+        base: Annotated[Path | None, typer.Option("--base", help="--extract-lora: the base model the fine-tune was trained from.")] = None,
+        rank: Annotated[str | None, typer.Option("--rank", help="--extract-lora: the LoRA rank R (clamped to each module's smaller side).")] = None,
+        targets: Annotated[list[str] | None, typer.Option("--targets", help="--extract-lora: module glob to extract (repeatable; q_proj, 'mlp.*', lm_head). Default: every changed Linear except the output head.")] = None,
     ) -> None:
         """Split a checkpoint by byte copies: LoRA tensors from their base, or a model into shards.
 
@@ -78,7 +110,12 @@ def register(app: typer.Typer) -> None:
         --max-shard-size SIZE --out DIR: any model becomes Hugging Face shards + index, cut where
         save_pretrained cuts (0: one model.safetensors); config and tokenizer files are copied.
 
-        Every tensor is copied bit for bit; nothing is written when anything is refused.
+        --extract-lora --base BASE --rank R --out DIR: the weight deltas of a full fine-tune become a PEFT
+        LoRA adapter (rank-R truncated SVD per changed Linear, scale 1, fp32 factors) that
+        PeftModel.from_pretrained loads on BASE; a table shows each module's retained energy and error.
+
+        Every tensor is copied bit for bit (except the extracted LoRA factors); nothing is written when
+        anything is refused.
         """
         from ckpt_tool.ops.split import split
 
@@ -92,8 +129,12 @@ def register(app: typer.Typer) -> None:
             force=force,
             dry_run=dry_run,
             progress=not render.is_quiet() and not json_out,
+            extract_lora=extract_lora,
+            base=base,
+            rank=rank,
+            targets=targets or (),
         )
         if json_out:
             render.emit_json(summary)
         else:
-            render.out(_human(summary))
+            render.out(_extracted(summary) if summary.get("mode") == "extract-lora" else _human(summary))

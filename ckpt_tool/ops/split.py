@@ -1,6 +1,6 @@
 """``split``: one checkpoint into several, by byte copies — another client of the streaming engine.
 
-Two operations, both plans of ``compute=None`` steps, so every tensor is copied
+Two copying operations, both plans of ``compute=None`` steps, so every tensor is copied
 file to file (``copy_file_range``) and comes out bit-identical:
 
 * **adapter** (``--base-out B --adapter-out A``): a *combined* checkpoint — a full
@@ -14,6 +14,9 @@ file to file (``copy_file_range``) and comes out bit-identical:
   ``model-0000i-of-0000K.safetensors`` + ``model.safetensors.index.json`` with
   the shard boundaries ``save_pretrained`` draws (``--max-shard-size 0``: one
   ``model.safetensors``), the model's config and tokenizer files copied along.
+* **extract-lora** (``--extract-lora --base BASE --rank R --out DIR``): the one
+  mode that computes: a PEFT LoRA adapter from a full fine-tune and its base,
+  by truncated SVD of the weight deltas (``ops/extract_lora.py``).
 
 Tensors that share one storage in a ``.bin`` / ``.pth`` (tied embeddings) cannot
 be stored twice in safetensors: the plugin of the convention says which copy
@@ -371,9 +374,25 @@ def split(
     force: bool = False,
     dry_run: bool = False,
     progress: bool = False,
+    extract_lora: bool = False,
+    base: Path | None = None,
+    rank: Any = None,
+    targets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Split ``src`` (see the module docstring); returns the JSON summary. Writes nothing on any error."""
     from ckpt_tool.ops.inspect import detect
+
+    extract_opts = base is not None or rank is not None or bool(targets)
+    if extract_lora or extract_opts:
+        if not extract_lora:
+            raise UsageError("--base, --rank and --targets belong to --extract-lora")
+        if base_out is not None or adapter_out is not None or max_shard_size is not None or lora_alpha is not None:
+            raise UsageError("--extract-lora takes --base, --rank, --out and --targets only")
+        if base is None or rank is None or out is None:
+            raise UsageError("--extract-lora needs --base BASE, --rank R and --out DIR")
+        from ckpt_tool.ops.extract_lora import extract
+
+        return extract(src, base, out, rank, targets, force=force, dry_run=dry_run, progress=progress)
 
     started = time.perf_counter()
     src = Path(src)

@@ -165,7 +165,7 @@ def _model_card(cfg: dict[str, Any], view: HubView) -> bytes:
         lines.append(f"base_model: {json.dumps(base)}")
     lines += ["library_name: peft", "tags:", "- lora", "- ckpt-tool", "---", "", "# LoRA adapter", ""]
     family = (view.extra or {}).get("family")
-    origin = "a LitGPT LoRA fine-tune" if family else "another adapter layout"
+    origin = (view.extra or {}).get("origin") or ("a LitGPT LoRA fine-tune" if family else "another adapter layout")
     lines.append(
         f"Converted by ckpt-tool from {origin} (r={cfg.get('r')}, lora_alpha={cfg.get('lora_alpha')}, target "
         f"modules: {', '.join(cfg.get('target_modules') or [])}). Load it with "
