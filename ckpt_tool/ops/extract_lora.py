@@ -124,7 +124,7 @@ def _check_input(info: CheckpointInfo, flag: str) -> None:
             f"{flag} {info.path} is a LitGPT checkpoint: the adapter must name the Hugging Face modules PEFT loads",
             "convert both models first with 'ckpt-tool convert MODEL --to hf --out DIR', then extract from the HF dirs",
         )
-    if info.format != "safetensors":
+    if info.format not in ("safetensors", "torch"):
         raise Unsupported(
             f"{flag} {info.path}: extraction reads Hugging Face models (safetensors or .bin), not {info.format}",
             "convert it with 'ckpt-tool convert MODEL --to hf --out DIR' first",
