@@ -254,7 +254,7 @@ def test_options_belong_to_extract_lora(tmp_path, cli):
     assert res.code == 3
 
 
-def test_bin_inputs(tmp_path, cli):
+def test_bin_and_sharded_inputs(tmp_path, cli):
     base, ft = _pair(tmp_path, dtype=torch.bfloat16)
     binned = tmp_path / "bin"
     binned.mkdir()
@@ -267,6 +267,12 @@ def test_bin_inputs(tmp_path, cli):
     assert cli("split", ft, "--extract-lora", "--base", base, "--rank", "3", "--out", tmp_path / "s").code == 0
     a, b = load_file(tmp_path / "o" / "adapter_model.safetensors"), load_file(tmp_path / "s" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the container does not matter
+    assert cli("split", ft, "--max-shard-size", "4KB", "--out", tmp_path / "shards").code == 0
+    assert len(list((tmp_path / "shards").glob("model-*.safetensors"))) > 1
+    res = cli("split", tmp_path / "shards", "--extract-lora", "--base", base, "--rank", "3", "--out", tmp_path / "h")
+    assert res.code == 0, res.stderr
+    c = load_file(tmp_path / "h" / "adapter_model.safetensors")
+    assert c.keys() == b.keys() and all(torch.equal(c[k], b[k]) for k in c)
 
 
 # --- interop: PEFT loads it -------------------------------------------------------------------------
