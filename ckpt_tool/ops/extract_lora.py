@@ -370,13 +370,22 @@ def _messages(modules: list[Module], unchanged: list[str], left: list[dict[str, 
     if unchanged:
         notes.append(f"{len(unchanged)} targeted module(s) are unchanged by the fine-tune and get no LoRA tensors")
     if left:
-        shown = ", ".join(f"{x['name']} ({_change(x['relative_change'])})" for x in left[:8])
-        why = "biases, norms, embeddings" + ("" if targets else " and the output head") + " are not carried by a LoRA of Linears"
+        shown = ", ".join(f"{x['name']} ({_WHY[x['kind']]}, {_change(x['relative_change'])})" for x in left[:8])
         warnings.append(
-            f"{len(left)} tensor(s) differ between the models but are not in the adapter ({why}; "
-            f"the adapter on the base will not reproduce them): {shown}" + (" …" if len(left) > 8 else "")
+            f"{len(left)} tensor(s) differ between the models but are not in the adapter, so the adapter on the base "
+            f"will not reproduce them: {shown}" + (" …" if len(left) > 8 else "")
+            + ("; add the head with --targets to extract it too" if any(x["kind"] == "head" for x in left) else "")
         )
     return notes, warnings
+
+
+#: Why a changed tensor is not in the adapter, by ``_kind``.
+_WHY = {
+    "other": "not a 2-D weight: a LoRA cannot carry it",
+    "embedding": "an embedding: not extracted",
+    "head": "the output head: only with --targets",
+    "linear": "a Linear not selected by --targets",
+}
 
 
 def _change(rel: float | None) -> str:
