@@ -338,9 +338,9 @@ def plan_extraction(
                 out_f, in_f = (int(x) for x in t.shape)
                 modules.append(Module(name[: -len(".weight")], name, (out_f, in_f), min(rank, out_f, in_f)))
             elif not equal:
-                rel = dnorm / wnorm if wnorm else math.inf
+                rel = dnorm / wnorm if wnorm else math.nan  # a zero base tensor (a bias) has no relative change
                 left.append({"name": name, "shape": list(t.shape), "kind": _kind(name, t.shape),
-                             "relative_change": None if math.isnan(rel) else rel})
+                             "relative_change": rel if math.isfinite(rel) else None})
     finally:
         reader.close()
     if not modules:
