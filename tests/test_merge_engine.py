@@ -194,9 +194,14 @@ _SIGINT_SCRIPT = textwrap.dedent(
     cont = read_container(base_path)
     info = CheckpointInfo(str(base_path), "test", "model", files=[str(base_path)], tensors=list(cont.tensors.values()))
 
+    done = []
+
     def slow(w, load):
         print("tensor", flush=True)
-        time.sleep(0.2)
+        done.append(1)
+        # after the third tensor, stall: on a loaded machine the parent may read our lines late, and
+        # SIGINT must still land in the middle of the merge rather than after it finished
+        time.sleep(0.2 if len(done) < 3 else 600)
         return w + 1
 
     plan = MergePlan(base=info, adapter=info, changes={n: slow for n in cont.tensors},
