@@ -182,7 +182,10 @@ def test_peak_memory_is_bounded_by_the_changed_tensor(tmp_path):
 
 _SIGINT_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # a shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN:
+    # Ctrl-C at a terminal is what this test is about, so take the terminal's default back
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pathlib import Path
     from ckpt_tool.io.container import read_container
     from ckpt_tool.model import CheckpointInfo
