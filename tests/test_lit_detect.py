@@ -95,7 +95,7 @@ def test_lora_final_with_hyperparameters(lora_final, base_dir):
     assert info.description == "LitGPT LoRA adapter (final/)"
     lora = info.lora
     assert (lora["r"], lora["alpha"], lora["dropout"]) == (4, 8, 0.05)
-    assert lora["scale"] == 2.0
+    assert lora["scales"] == [2.0]
     assert lora["targets"] == ["query", "value"]
     assert {f: lora[f] for f in lh.LORA_FLAG_NAMES} == {
         "query": True, "key": False, "value": True, "projection": False, "mlp": False, "head": False,
@@ -124,7 +124,7 @@ def test_lora_file_alone_has_no_alpha(lora_final, tmp_path):
     info = detect(_copy_lora_alone(lora_final, tmp_path / "x"))
     assert (info.kind, info.adapter_type) == ("adapter", "lora")
     assert info.lora["r"] == 4
-    assert info.lora["alpha"] is None and info.lora["scale"] is None
+    assert info.lora["alpha"] is None and info.lora["scales"] == []
     assert info.lora["source"] == "tensors"
     assert info.details["hyperparameters"] is None and info.details["model_config"] is None
     text = " ".join(info.warnings)
