@@ -85,10 +85,11 @@ SUCCESS = [
     ("merge-peft", lambda w, t: ("merge", w["peft_adapter"], "--base", w["hf_base"], "--out", t / "m"), "merge"),
     ("merge-peft-to-lit", lambda w, t: ("merge", w["peft_adapter"], "--base", w["hf_base"], "--out", t / "m", "--to", "lit"), "merge"),
     ("merge-lit", lambda w, t: ("merge", w["lit_final"], "--out", t / "m"), "merge"),
+    ("merge-lit-to-hf", lambda w, t: ("merge", w["lit_final"], "--out", t / "m", "--to", "hf"), "merge"),
     ("merge-lit-dry", lambda w, t: ("merge", w["lit_final"], "--out", t / "m", "--dry-run"), "merge"),
     ("convert-hf-to-lit", lambda w, t: ("convert", w["hf_base"], "--to", "lit", "--out", t / "c"), "convert"),
     ("convert-lora-to-peft", lambda w, t: ("convert", w["lit_final"], "--to", "peft", "--out", t / "c"), "convert"),
-    ("convert-peft-to-lit", lambda w, t: ("convert", w["peft_adapter"], "--to", "lit", "--out", t / "c"), "convert"),
+    ("convert-peft-to-lit", lambda w, t: ("convert", w["peft_adapter"], "--to", "lit", "--out", t / "c", "--base", w["hf_base"]), "convert"),
     ("convert-container", lambda w, t: ("convert", w["hf_base"] / "model.safetensors", "--to", "torch", "--out", t / "c.pth"), "convert"),
     ("split-lora", lambda w, t: ("split", w["whole"], "--base-out", t / "b", "--adapter-out", t / "a"), "split"),
     ("split-shards", lambda w, t: ("split", w["hf_base"], "--max-shard-size", "100KB", "--out", t / "s"), "split"),
@@ -145,7 +146,7 @@ def test_failure_documents(ws, tmp_path, cli, case, args, code, name) -> None:
     res = cli(*args(ws, tmp_path), "--json")
     doc = _check(res, code, name)
     assert doc["error"]["exit_code"] == code and doc["error"]["message"]
-    assert any(line.startswith("error: ") for line in res.stderr.splitlines())  # the message stays on stderr
+    assert any(line.lower().startswith("error: ") for line in res.stderr.splitlines())  # the message stays on stderr
 
 
 def test_refused_merge_writes_an_error_document(ws, tmp_path, cli) -> None:
