@@ -65,7 +65,7 @@ def test_unchanged_tensors_copied_byte_for_byte(tmp_path, src_fmt, out_fmt):
     torch.save(sd, base_path) if src_fmt == "torch" else save_file(sd, base_path)
     plan = _plan(base_path, sd)
     counts, _ = run_plan(plan, Sink("lit" if out_fmt == "lit" else "hf", tmp_path / "out"))
-    assert counts["changed"] == 1 and counts["copied"] == 4 and counts["converted"] == 0
+    assert counts["changed"] == 1 and counts["copied"] == 4 and counts["cast"] == 0
     out_file = tmp_path / "out" / ("lit_model.pth" if out_fmt == "lit" else "model.safetensors")
     for name in ("embed", "layer.bias", "steps", "head"):
         assert _raw(out_file, name) == _raw(base_path, name), name  # NaN, -0.0, inf bits intact
@@ -81,7 +81,7 @@ def test_convert_rename_drop_and_noncontiguous(tmp_path):
     assert not read_container(base_path).tensors["transposed"].is_contiguous
     plan = _plan(base_path, sd, out_dtype="F32", drop={"head"}, rename={"embed": "tok_embeddings"})
     counts, _ = run_plan(plan, Sink("lit", tmp_path, {"weights_name": "o.pth"}))
-    assert counts["dropped"] == 1 and counts["converted"] == 2 and counts["copied"] == 2  # steps + transposed
+    assert counts["dropped"] == 1 and counts["cast"] == 2 and counts["copied"] == 2  # steps + transposed
     got = torch.load(tmp_path / "o.pth", weights_only=True, mmap=True)
     assert list(got) == ["tok_embeddings", "layer.weight", "layer.bias", "steps", "transposed"]
     assert got["tok_embeddings"].dtype == torch.float32

@@ -355,4 +355,4 @@ def test_good_config_still_merges(tmp_path, cli):
     base, final = make_lit(tmp_path, qkv=True)
     res = cli("merge", final, "--out", tmp_path / "m", "--json")
     assert res.code == 0, res.stderr
-    assert json.loads(res.stdout)["modules_merged"] == 2
+    assert json.loads(res.stdout)["lora"]["modules"] == 2

@@ -94,10 +94,10 @@ def _keys_human(s: dict[str, Any]) -> str:
         lines = [f"nothing to repair in {what} {s['source']}: no damaged key found; nothing written"]
     elif repair:
         verb = "would repair" if dry else "repaired"
-        lines = [f"{verb} {t.get('renamed', 0)} damaged keys (of {t.get('tensors', 0)} tensors) of {what} in {s['source']}{where}"]
+        lines = [f"{verb} {t.get('renamed', 0)} damaged keys (of {t.get('written', 0)} tensors) of {what} in {s['source']}{where}"]
     else:
         verb = "would rename" if dry else "renamed"
-        lines = [f"{verb} {t.get('renamed', 0)} of {t.get('tensors', 0)} tensors of {what} {s['source']}{where}"]
+        lines = [f"{verb} {t.get('renamed', 0)} of {t.get('written', 0)} tensors of {what} {s['source']}{where}"]
     lines = [line for head in lines for line in wrap(head)]
     if dry:
         lines.append("  dry run: nothing written")
@@ -107,7 +107,7 @@ def _keys_human(s: dict[str, Any]) -> str:
         size = render.human_bytes(t.get("bytes", 0))
         lines.extend(
             wrap(
-                f"{t.get('tensors', 0)} tensors, {size}: {t.get('copied', 0)} copied unchanged, "
+                f"{t.get('written', 0)} tensors, {size}: {t.get('copied', 0)} copied unchanged, "
                 f"{t.get('cast', 0)} cast, {t.get('computed', 0)} computed ({s.get('seconds', 0):.2f}s)",
                 "  ",
             )

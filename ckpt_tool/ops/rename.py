@@ -508,10 +508,9 @@ def _run_keys(
         "outputs": [str(p) for p in target.all_paths(plan)],
         "changes": _changes(renames, names),
         "tensors": {
-            "tensors": counts["tensors"],
+            **engine.tensor_counts(report),
             "renamed": len(renames),
             "unchanged": counts["tensors"] - len(renames),
-            **{k: counts[k] for k in ("copied", "cast", "computed", "bytes")},
         },
     }
     if notes:
@@ -591,7 +590,7 @@ def repair(
                 "changes": [],
                 "checks": list(result.checks),
                 "notes": ["nothing to repair: no damaged key was found; nothing was written", *result.notes],
-                "tensors": {"tensors": len(info.tensors), "renamed": 0, "unchanged": len(info.tensors)},
+                "tensors": {"written": 0, "copied": 0, "cast": 0, "computed": 0, "bytes": 0, "renamed": 0, "unchanged": len(info.tensors)},
             }
         )
     else:

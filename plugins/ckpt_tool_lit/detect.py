@@ -661,7 +661,7 @@ def _lora_summary(
     lora: dict[str, Any] = {
         "r": r,
         "alpha": alpha,
-        "scale": (alpha / r) if (alpha is not None and r) else None,
+        "scales": [alpha / r] if (alpha is not None and r) else [],
         "dropout": dropout,
         "targets": targets,
         **flags,
