@@ -1205,8 +1205,8 @@ def undo(root: Path, words: Wording = MIGRATE) -> Outcome:
             outcome.message = message.split("\n", 1)[0]
             raise MigrateIncomplete(
                 message,
-                "put back what is listed and rerun --undo, or keep the migrated folders (--apply works again); "
-                "the journal is kept",
+                f"put back what is listed and rerun '{words.undo.format(root=root)}', or keep the folders as they "
+                f"are ('{words.apply.format(root=root)}' works again); the journal is kept",
                 outcome,
                 Conflict.exit_code,
             )
