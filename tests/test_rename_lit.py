@@ -211,6 +211,19 @@ def test_refuses_a_symlink_out_of_the_folder(tmp_path: Path, cli, given: str) ->
     assert not (final / JOURNAL_NAME).exists()
 
 
+def test_refuses_a_march_iter_folder_and_inspect_points_to_migrate(tmp_path: Path, cli) -> None:
+    """iter-N/lit_model.pth: migrate renames the folder to step-N/ too; a file rename alone would strand it."""
+    h.run_2024_03_04_lora(tmp_path / "run")
+    folder = tmp_path / "run" / "iter-000100"
+    before = h.snapshot(folder)
+    res = cli("rename", folder, "--repair")
+    assert res.code == 6 and f"ckpt-tool migrate {tmp_path / 'run'}" in res.stderr, res.stderr
+    assert h.snapshot(folder) == before and not (folder / JOURNAL_NAME).exists()
+    warnings = _doc(cli("inspect", folder / FULL, "--json"))["warnings"]
+    assert any("adapter, not a model" in w and "ckpt-tool migrate" in w for w in warnings), warnings
+    assert not any("--repair" in w for w in warnings)
+
+
 def test_option_combinations(tmp_path: Path, cli) -> None:
     _, final = _march(tmp_path)
     for extra in (["--out", tmp_path / "x"], ["--force"], ["--adapter", "a"]):
@@ -287,6 +300,7 @@ def _mutations(template: Path, work: Path, *before: str, mode: str) -> int:
         n += 1
 
 
+@pytest.mark.slow
 def test_kill_at_every_step_converges(tmp_path: Path) -> None:
     """SIGKILL after each mutation of --repair (then rerun, or --undo) and of --undo (then --undo again)."""
     _, template = _march(tmp_path, "template")

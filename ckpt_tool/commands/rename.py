@@ -172,7 +172,7 @@ def _files_human(s: dict[str, Any]) -> str:
     for note in s.get("notes", []):
         lines.extend(wrap(f"note: {note}", "  "))
     if steps and not dry and not undo:
-        lines.append(f"  journaled in {s['root']}; 'ckpt-tool rename {s['root']} --undo' reverses it")
+        lines.extend(wrap(f"journaled in {s['root']}; 'ckpt-tool rename {s['root']} --undo' reverses it", "  "))
     return "\n".join(lines)
 
 

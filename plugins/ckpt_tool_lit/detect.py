@@ -400,6 +400,10 @@ def _name_warnings(file: Path, cls: str, metadata: dict[str, Any]) -> list[str]:
     if name == BASE_NAME and cls != FULL:
         metadata.setdefault("legacy_era", "LitGPT 2024-03-04 → 03-08 saved adapter weights as lit_model.pth")
         metadata["modern_name"] = modern
+    if name == BASE_NAME and cls != FULL and ITER_DIR.match(file.parent.name):
+        # the folder is legacy too: a file rename alone would strand it (rename --repair refuses it)
+        out.append(f"{name} holds only {_CLASS_TEXT[cls]} tensors: it is an adapter, not a model — {migrate}")
+    elif name == BASE_NAME and cls != FULL:
         fix = f"ckpt-tool rename {shlex.quote(str(file.parent))} --repair"
         metadata["repair_command"] = fix
         out.append(

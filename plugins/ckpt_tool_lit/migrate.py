@@ -94,6 +94,7 @@ def dump_yaml(data: Any) -> str:
 
 ADAPTER_AS_MODEL = "{name} (March 2024: adapter weights under the full-model name)"
 MIGRATE_BY = "ckpt-tool migrate"
+KIND_TEXT = {LORA: "LoRA", ADAPTER: "adapter", ADAPTER_V2: "adapter v2"}
 REPAIR_BY = "ckpt-tool rename --repair"
 
 # defaults of the 2023 lit-gpt finetune/lora.py scripts (alpha is not in the weights)
@@ -518,7 +519,8 @@ def repair_folder(path: Path, probe: Any) -> Any:
     Returns ``None`` when PATH is not a LitGPT weights folder, a ``FileRepair``
     with no actions when today's name is already in place, and raises
     ``Refused`` for a file that is not adapter-only (a full or merged model), a
-    symlink, or a folder where today's name already exists.
+    symlink, a folder where today's name already exists, or a March 2024
+    ``iter-N/`` folder (migrate renames the folder too; half of that would strand it).
     """
     from ckpt_tool.ops.rename import FileRepair
 
@@ -536,6 +538,12 @@ def repair_folder(path: Path, probe: Any) -> Any:
         raise Refused(
             f"{src} is a symlink (to {os.readlink(src)}); rename --repair never follows or moves one",
             "run it on the folder that holds the real file",
+        )
+    if ITER_DIR_RE.match(folder.name) and _is_regular(src):
+        raise Refused(
+            f"{folder} is a March 2024 intermediate folder (iter-N counted micro-batch iterations); renaming only "
+            "its weights would leave it half migrated",
+            f"run 'ckpt-tool migrate {folder.parent}' (it becomes step-N/ with the file renamed; --apply, --undo)",
         )
     if not _is_regular(src):
         current = [n for n in sorted(WEIGHT_NAMES) if _is_regular(folder / n)]
@@ -556,7 +564,8 @@ def repair_folder(path: Path, probe: Any) -> Any:
     dst = folder / w.dst_name
     if os.path.lexists(dst):
         raise Refused(
-            f"{src} holds only {w.kind} tensors, but {dst.name} already exists beside it; it is never overwritten",
+            f"{src} holds only {KIND_TEXT.get(w.kind, w.kind)} tensors, but {dst.name} already exists beside it; "
+            "it is never overwritten",
             f"compare the two files ('ckpt-tool diff {src} {dst}') and move away the one you do not need",
         )
     actions = _target_actions(folder, _Target(folder, folder, weights=[w]), report, by=REPAIR_BY)
