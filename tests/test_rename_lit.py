@@ -335,3 +335,15 @@ def test_kill_at_every_step_converges(tmp_path: Path) -> None:
         res = _run(final, "--undo")
         assert res.code == 0, (n, res.stderr)
         assert h.snapshot(final) == original and not (final / JOURNAL_NAME).exists(), n
+
+
+def test_an_interrupted_repair_is_shown_and_finished(tmp_path: Path) -> None:
+    """Killed right after the rename: a dry run shows the pending plan, the rerun finishes it and says so."""
+    _, final = _march(tmp_path)
+    assert _run(final, "--repair", crash=2).code == -signal.SIGKILL  # 1: the plan record, 2: the rename
+    assert (final / LORA).is_file() and not (final / "migration.json").exists()
+    dry = json.loads(_run(final, "--repair", "--dry-run").stdout)
+    assert dry["resumed"] and [s["status"] for s in dry["steps"]] == ["done", "pending"]
+    doc = json.loads(_run(final, "--repair").stdout)
+    assert doc["resumed"] and doc["notes"] == [] and "resumed an interrupted repair" in doc["message"]
+    assert (final / "migration.json").is_file() and Journal(final).pending is None

@@ -433,7 +433,9 @@ def repair_files(path: Path, first: FileRepair, *, dry_run: bool = False) -> dic
             steps, left, resumed, message = outcome.plan.steps, outcome.plan.left, outcome.plan.resuming, outcome.message
     except mig.MigrateConflict as exc:
         raise _no_conflicts(exc, path) from None
-    if not steps and not resumed and not notes:
+    if resumed:
+        notes = []  # the plugin looked at the half-repaired folder ("already has today's name"): not news
+    elif not steps and not notes:
         notes.append("nothing to repair: the files already have today's names; nothing was changed")
     summary.update(
         {
