@@ -224,6 +224,15 @@ def test_refuses_a_march_iter_folder_and_inspect_points_to_migrate(tmp_path: Pat
     assert not any("--repair" in w for w in warnings)
 
 
+def test_a_damaged_lit_model_is_invalid_input(tmp_path: Path, cli) -> None:
+    _, final = _march(tmp_path)
+    data = (final / FULL).read_bytes()
+    (final / FULL).write_bytes(data[: len(data) // 2])
+    res = cli("rename", final, "--repair")
+    assert res.code == 4 and "Traceback" not in res.stderr, res.stderr
+    assert not (final / JOURNAL_NAME).exists() and not (final / LORA).exists()
+
+
 def test_option_combinations(tmp_path: Path, cli) -> None:
     _, final = _march(tmp_path)
     for extra in (["--out", tmp_path / "x"], ["--force"], ["--adapter", "a"]):

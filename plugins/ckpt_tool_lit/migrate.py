@@ -553,6 +553,7 @@ def repair_folder(path: Path, probe: Any) -> Any:
     def report(where: Path, why: str) -> None:
         reports.append(Action(REPORT, src=where, reason=why))
 
+    probe.container(src)  # a damaged or hostile file fails here with its own error (exit 4), not as a refusal
     w = _classify(src, probe, None, ADAPTER_AS_MODEL.format(name=src.name), MigrateOptions(), report)
     if w is None:
         raise Refused(f"{src}: {reports[0].reason}", "rename --repair only renames LitGPT adapter weights")
