@@ -338,8 +338,9 @@ def test_adapter_only_lit_model_pth(tmp_path, content, adapter_type, modern):
     info = detect(final)
     assert (info.kind, info.adapter_type) == ("adapter", adapter_type)
     w = _legacy_warning(info)
-    assert f"Rename it to {modern}" in w and "not a model" in w
-    assert info.metadata["modern_name"] == modern
+    fix = f"ckpt-tool rename {final} --repair"
+    assert f"'{fix}' renames it to {modern}" in w and "not a model" in w
+    assert info.metadata["modern_name"] == modern and info.metadata["repair_command"] == fix
 
 
 def test_legacy_lit_config_json(lora_final, tmp_path):
