@@ -22,9 +22,11 @@ from ckpt_tool.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_USAGE,
     CkptError,
     EnvironmentFailure,
     InvalidFile,
+    error_doc,
     from_os_error,
 )
 
@@ -147,8 +149,22 @@ def _silence_stdout() -> None:
 def _fail(exc: CkptError) -> None:
     if _state["debug"]:
         traceback.print_exc()
+    _emit_error(error_doc(exc))
     sys.stderr.write(exc.render() + "\n")
     sys.exit(exc.exit_code)
+
+
+def _emit_error(error: dict[str, Any]) -> None:
+    """The error document of a failed ``--json`` run; stdout may be gone already (``| head``)."""
+    try:
+        render.emit_error(error)
+        sys.stdout.flush()
+    except (_StdoutClosed, BrokenPipeError):
+        _silence_stdout()
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     _state["debug"] = bool(os.environ.get(ENV_DEBUG))
     render.set_quiet(False)
     argv = _global_flags(list(sys.argv[1:] if argv is None else argv))
+    render.expect_json(_wants_json(argv))
     saved = sys.stdout
     if not isinstance(sys.stdout, _GuardedStdout):
         sys.stdout = _GuardedStdout(sys.stdout)
@@ -170,7 +187,14 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         _silence_stdout()
         sys.exit(EXIT_OK)
+    except SystemExit as exc:  # Click's own usage errors (exit 2) print on stderr; --json still gets its document
+        if exc.code == EXIT_USAGE:
+            _emit_error(
+                {"message": "invalid command line (the usage message is on stderr)", "hint": "see ckpt-tool COMMAND --help", "exit_code": EXIT_USAGE}
+            )
+        raise
     except KeyboardInterrupt:
+        _emit_error({"message": "interrupted", "hint": "run the command again", "exit_code": EXIT_INTERRUPTED})
         sys.stderr.write("error: interrupted \u2014 nothing was left half-written; run the command again\n")
         sys.exit(EXIT_INTERRUPTED)
     except OSError as exc:  # the machine refused (full disk, read-only, permissions): not a bug
@@ -186,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so plainly, traceback only on request
         if _state["debug"]:
             traceback.print_exc()
+        _emit_error({"message": f"internal error ({type(exc).__name__}: {exc})", "hint": None, "exit_code": EXIT_INTERNAL})
         sys.stderr.write(
             f"error: internal error ({type(exc).__name__}: {exc}) \u2014 this is a bug in ckpt-tool; "
             f"rerun with --debug and report the traceback\n"

@@ -1,9 +1,11 @@
 """Build a small, realistic workspace of fine-tuning leftovers for ``ckpt-tool demo``.
 
 The files follow the real layouts (formats.md): a LitGPT base checkpoint and a
-LoRA ``final/`` directory, an HF model with a PEFT LoRA adapter, and a tree of
-run directories from older LitGPT releases. Weights are tiny and seeded, made
-with torch alone so the demo needs none of the peer libraries.
+LoRA ``final/`` directory, the same fine-tune saved whole (base and LoRA tensors
+in one state dict, what ``split`` takes apart), an HF model with a PEFT LoRA
+adapter, and a tree of run directories from older LitGPT releases. Weights are
+tiny and seeded, made with torch alone so the demo needs none of the peer
+libraries. README's examples run on this workspace as built (tests/test_readme.py).
 """
 
 from __future__ import annotations
@@ -78,6 +80,25 @@ def _lit_lora_state(gen: Any, dtype: Any, query: bool = True, key: bool = False,
     return sd
 
 
+#: Linear layers of LitGPT's LoRA GPT: each is a ``LoRALinear`` whose weight lives under ``.linear.``.
+_LORA_LINEARS = ("attn.qkv.", "attn.proj.", "mlp.fc_1.", "mlp.fc_2.", "mlp.proj.", "lm_head.")
+
+
+def _lit_combined_state(base: dict[str, Any], lora: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict()`` of LitGPT's LoRA GPT holding ``base`` and ``lora``, in torch's order (a module's own
+    parameters ``lora_A``/``lora_B`` before its child ``linear``)."""
+    sd: dict[str, Any] = {}
+    for name, tensor in base.items():
+        module = name[: -len("weight")]
+        if module.endswith(_LORA_LINEARS):
+            for part in ("lora_A", "lora_B"):
+                if module + part in lora:
+                    sd[module + part] = lora[module + part]
+            name = module + "linear.weight"
+        sd[name] = tensor
+    return sd
+
+
 def _write_lit_dir(d: Path, config: dict[str, Any] | None = MODEL_CONFIG) -> None:
     d.mkdir(parents=True, exist_ok=True)
     if config is not None:
@@ -119,13 +140,21 @@ def build_workspace(root: Path) -> dict[str, Path]:
     # LitGPT: base checkpoint + LoRA fine-tune output
     base = root / "checkpoints" / "demo-org" / "tiny-llama"
     _write_lit_dir(base)
-    torch.save(_lit_base_state(gen, bf16), base / "lit_model.pth")
+    base_sd = _lit_base_state(gen, bf16)
+    torch.save(base_sd, base / "lit_model.pth")
     final = root / "out" / "finetune" / "lora" / "final"
     _write_lit_dir(final)
-    torch.save({"model": _lit_lora_state(gen, bf16)}, final / "lit_model.pth.lora")
-    (final / "hyperparameters.yaml").write_text(yaml.safe_dump(lora_hyperparameters(str(base)), sort_keys=False))
+    lora_sd = _lit_lora_state(gen, bf16)
+    torch.save({"model": lora_sd}, final / "lit_model.pth.lora")
+    hyperparameters = yaml.safe_dump(lora_hyperparameters(str(base)), sort_keys=False)
+    (final / "hyperparameters.yaml").write_text(hyperparameters)
     (final / "prompt_style.yaml").write_text("class_path: litgpt.prompts.Alpaca\n")
-    paths.update(lit_base=base, lit_final=final)
+    # The same fine-tune saved whole (``fabric.save`` of the LoRA GPT): what ``split`` takes apart
+    combined = root / "combined" / "tiny-llama-lora"
+    _write_lit_dir(combined)
+    torch.save({"model": _lit_combined_state(base_sd, lora_sd)}, combined / "lit_model.pth")
+    (combined / "hyperparameters.yaml").write_text(hyperparameters)
+    paths.update(lit_base=base, lit_final=final, lit_combined=combined)
 
     # HF model + PEFT LoRA adapter
     hf = root / "hf" / "tiny-llama"

@@ -109,6 +109,11 @@ _HINTS = {
 }
 
 
+def error_doc(exc: CkptError) -> dict[str, object]:
+    """The ``error`` object of the JSON contract (``$defs/error`` in schemas/output.schema.json)."""
+    return {"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+
+
 def from_os_error(exc: OSError, doing: str | None = None) -> CkptError:
     """The user-facing error for an ``OSError`` (``doing`` says what was attempted, e.g. "writing OUT").
 

@@ -222,3 +222,21 @@ def ckpt_repair_keys(source: CheckpointInfo, adapter: str | None) -> Any | None:
     renames exactly as returned (bytes untouched, atomically). Headers only; return
     ``None`` when ``source`` is not yours.
     """
+
+
+@hookspec(firstresult=True)
+def ckpt_repair_files(path: Path, probe: Probe) -> Any | None:
+    """Say which files of the folder at ``path`` an older release of your library misnamed, if it is yours.
+
+    Called by ``rename PATH --repair`` before ``ckpt_detect`` (a misnamed file may not
+    be detected as what it is), with ``path`` as the user gave it (a file or a
+    folder). Return a ``ckpt_tool.ops.rename.FileRepair``: the folder (it becomes
+    the journal's ROOT; nothing outside it may be named) and
+    ``ckpt_tool.ops.migrate.Action`` s inside it — the same actions your
+    ``ckpt_migrate_run`` proposes for that folder, so both commands follow one
+    policy. The core plans, journals, applies, resumes and undoes them exactly as
+    ``migrate`` does. No actions: today's names are in place. Raise ``Refused``
+    when the folder is yours but must not be changed (the reason says why);
+    return ``None`` when it is not yours (the core then asks ``ckpt_repair_keys``).
+    Must not change anything, and is called again with the lock held.
+    """

@@ -26,6 +26,7 @@ def human_bytes(n: int) -> str:
 
 
 _quiet = [False]
+_json = {"wanted": False, "emitted": False}
 
 
 def set_quiet(value: bool) -> None:
@@ -39,7 +40,22 @@ def is_quiet() -> bool:
 
 def emit_json(data: Any) -> None:
     """The one JSON document a ``--json`` run prints on stdout (``--quiet`` does not hide asked-for data)."""
+    _json["emitted"] = True
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def expect_json(wanted: bool) -> None:
+    """``cli.main``: this run has ``--json``, so a failure must still print one JSON document (``emit_error``)."""
+    _json.update(wanted=wanted, emitted=False)
+
+
+def emit_error(error: dict[str, Any]) -> None:
+    """On a ``--json`` run that failed before printing its document: ``{"error": {message, hint, exit_code}}``.
+
+    A command that already printed its document (migrate puts the error in it) prints nothing more.
+    """
+    if _json["wanted"] and not _json["emitted"]:
+        emit_json({"error": error})
 
 
 def out(text: str) -> None:

@@ -216,7 +216,7 @@ def test_dtype_casts_the_conversion(tmp_path, cli):
     config, _, sd = lit_model("qwen2.5")
     lit = lit_dir(tmp_path / "lit", config, sd)
     summary = ok(cli, lit, "--to", "hf", "--out", tmp_path / "hf", "--dtype", "bf16")
-    assert summary["dtype"] == {"bfloat16": len(hf_tensors(tmp_path / "hf"))}
+    assert summary["output_dtypes"] == {"bfloat16": len(hf_tensors(tmp_path / "hf"))}
     theirs = {k: v.to(torch.bfloat16) for k, v in litgpt_to_hf(lit, tmp_path).items()}
     assert_same(hf_tensors(tmp_path / "hf"), theirs)
     config_json = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -324,7 +324,7 @@ def test_old_transformers_buffers_are_consumed(tmp_path, cli):
     torch.save(sd, hf / "pytorch_model.bin")
     summary = ok(cli, hf, "--to", "lit", "--out", tmp_path / "lit")
     lit = torch.load(tmp_path / "lit" / "lit_model.pth", weights_only=True)
-    assert summary["tensors"]["tensors"] == len(lit) == len(model.state_dict())
+    assert summary["tensors"]["written"] == len(lit) == len(model.state_dict())
     assert not any("inv_freq" in k or "masked_bias" in k for k in lit)
 
 

@@ -34,7 +34,7 @@ def test_different_values(tmp_path, cli):
     res = cli("diff", tmp_path / "x.safetensors", tmp_path / "y.safetensors", "--json")
     assert res.code == EXIT_DIFFER == 8
     data = json.loads(res.stdout)
-    assert data["identical"] is False and data["counts"]["differ"] == 1 and data["counts"]["bit-equal"] == 2
+    assert data["identical"] is False and data["counts"]["differ"] == 1 and data["counts"]["bit_equal"] == 2
     entry = next(t for t in data["tensors"] if t["name"] == "a")
     assert abs(entry["max_abs_diff"] - 0.25) < 1e-6
     res = cli("diff", tmp_path / "x.safetensors", tmp_path / "y.safetensors")
@@ -64,7 +64,7 @@ def test_missing_keys_and_shape_and_dtype_mismatch(tmp_path, cli):
     assert res.code == 8
     data = json.loads(res.stdout)
     status = {t["name"]: t["status"] for t in data["tensors"]}
-    assert status == {"a": "shape", "b": "differ", "n": "only-a", "extra": "only-b"}
+    assert status == {"a": "shape", "b": "differ", "n": "only_a", "extra": "only_b"}
     b = next(t for t in data["tensors"] if t["name"] == "b")
     assert (b["dtype_a"], b["dtype_b"]) == ("bfloat16", "float32") and b["max_abs_diff"] == 0.0
     res = cli("diff", tmp_path / "x.safetensors", tmp_path / "y.safetensors")
@@ -89,3 +89,41 @@ def test_strided_torch_tensor_against_contiguous_copy(tmp_path, cli):
     save_file({"t": y}, tmp_path / "z.safetensors")
     res = cli("diff", tmp_path / "x.pth", tmp_path / "z.safetensors", "--json")
     assert res.code == 8 and json.loads(res.stdout)["tensors"][0]["status"] == "differ"
+
+
+def test_progress_bar_on_a_terminal_in_binary_units(tmp_path, cli, monkeypatch):
+    """diff drives the engine's one progress bar (stderr, terminals only), in the summaries' units (MiB)."""
+    import io
+
+    from rich.console import Console
+
+    from ckpt_tool.ops import engine
+    from ckpt_tool.render import human_bytes
+
+    consoles: list[Console] = []
+
+    def terminal() -> Console:
+        consoles.append(Console(record=True, force_terminal=True, width=120, file=io.StringIO()))
+        return consoles[-1]
+
+    monkeypatch.setattr(engine, "_terminal_console", terminal)
+    save_file({"w": torch.zeros(768, 1024)}, tmp_path / "a.safetensors")  # 3 MiB
+    save_file({"w": torch.ones(768, 1024)}, tmp_path / "b.safetensors")
+    res = cli("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    assert res.code == 8 and len(consoles) == 1
+    text = consoles[0].export_text()
+    assert "comparing" in text and f"{human_bytes(6 * 2**20)} / {human_bytes(6 * 2**20)}" in text, text
+    assert human_bytes(6 * 2**20) == "6.00 MiB" and " MB" not in text
+    for quiet in (("--json",), ("-q",)):  # no bar with --json or --quiet, even on a terminal
+        assert cli("diff", tmp_path / "a.safetensors", tmp_path / "b.safetensors", *quiet).code == 8
+    assert len(consoles) == 1
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path, capsys):
+    from ckpt_tool.ops import engine
+
+    assert engine._terminal_console() is None  # pytest captures stderr: not a terminal
+    bar = engine.Progress(10, "comparing", True)
+    bar.advance(10)
+    bar.close()
+    assert bar.bar is None and capsys.readouterr().err == ""

@@ -53,6 +53,11 @@ REFERENCE_REJECTS = {
     "deeply nested JSON": _st(b'{"__metadata__": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"),
     "1.0 as a shape entry": _st({"a": _entry([1.0])}, b"\0" * 4),
     "dtype not a string": _st({"a": {"dtype": 7, "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    # not JSON, though Python's json takes them (found by the differential fuzz test)
+    "Infinity in an unknown field": _st(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": Infinity}}', b"\0" * 4),
+    "NaN in an unknown field": _st(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": NaN}}', b"\0" * 4),
+    "-Infinity in metadata": _st(b'{"__metadata__": {"k": -Infinity}}'),
+    "number past f64 in an unknown field": _st(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1e999}}', b"\0" * 4),
 }
 
 
@@ -87,6 +92,7 @@ def test_accepted_edge_cases_still_accepted(tmp_path: Path) -> None:
         "big dim times 0": _st({"a": _entry([0, 2**63], [0, 0])}),
         "surrogate pair": _st(b'{"\\ud83d\\ude00": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4),
         "-1 outside shapes": _st({"__metadata__": {"x": "-0"}, "a": {**T, "n": -0}}, b"\0" * 4),
+        "large finite float outside shapes": _st(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1e308}}', b"\0" * 4),
     }
     for name, raw in cases.items():
         path = tmp_path / f"{name}.safetensors"

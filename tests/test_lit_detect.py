@@ -95,7 +95,7 @@ def test_lora_final_with_hyperparameters(lora_final, base_dir):
     assert info.description == "LitGPT LoRA adapter (final/)"
     lora = info.lora
     assert (lora["r"], lora["alpha"], lora["dropout"]) == (4, 8, 0.05)
-    assert lora["scale"] == 2.0
+    assert lora["scales"] == [2.0]
     assert lora["targets"] == ["query", "value"]
     assert {f: lora[f] for f in lh.LORA_FLAG_NAMES} == {
         "query": True, "key": False, "value": True, "projection": False, "mlp": False, "head": False,
@@ -124,7 +124,7 @@ def test_lora_file_alone_has_no_alpha(lora_final, tmp_path):
     info = detect(_copy_lora_alone(lora_final, tmp_path / "x"))
     assert (info.kind, info.adapter_type) == ("adapter", "lora")
     assert info.lora["r"] == 4
-    assert info.lora["alpha"] is None and info.lora["scale"] is None
+    assert info.lora["alpha"] is None and info.lora["scales"] == []
     assert info.lora["source"] == "tensors"
     assert info.details["hyperparameters"] is None and info.details["model_config"] is None
     text = " ".join(info.warnings)
@@ -338,8 +338,9 @@ def test_adapter_only_lit_model_pth(tmp_path, content, adapter_type, modern):
     info = detect(final)
     assert (info.kind, info.adapter_type) == ("adapter", adapter_type)
     w = _legacy_warning(info)
-    assert f"Rename it to {modern}" in w and "not a model" in w
-    assert info.metadata["modern_name"] == modern
+    fix = f"ckpt-tool rename {final} --repair"
+    assert f"'{fix}' renames it to {modern}" in w and "not a model" in w
+    assert info.metadata["modern_name"] == modern and info.metadata["repair_command"] == fix
 
 
 def test_legacy_lit_config_json(lora_final, tmp_path):
@@ -406,7 +407,7 @@ def test_bad_hyperparameters_yaml(lora_final, tmp_path, cli, text, needle):
     with pytest.raises(InvalidFile, match=needle):
         detect(path.parent)
     res = cli("inspect", path.parent, "--json")
-    assert res.code == 4 and res.stdout == ""
+    assert res.code == 4 and json.loads(res.stdout)["error"]["exit_code"] == 4  # the one --json document
     assert res.stderr.startswith("error:") and needle in res.stderr and "Traceback" not in res.stderr
 
 

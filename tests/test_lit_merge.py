@@ -318,7 +318,7 @@ def test_plan_refuses_unknown_qkv_targets_and_alpha(tmp_path):
         plan_merge(adapter, base, MergeOptions())
     adapter.lora = {**lora, "query": True, "key": False, "value": True}
     plan = plan_merge(adapter, base, MergeOptions())
-    assert set(plan.changes) == {f"{m}.weight"} and plan.summary["lora"]["scaling"] == 2.0
+    assert set(plan.changes) == {f"{m}.weight"} and plan.summary["lora"]["scales"] == [2.0]
 
 
 @pytest.mark.interop

@@ -288,6 +288,54 @@ def test_real_enospc_on_a_small_filesystem(tmp_path, cli, small_fs, fmt):
     assert _listing(small_fs) == ["m"]
 
 
+@pytest.fixture
+def read_only_fs(tmp_path):
+    """A real read-only tmpfs (EROFS even for root), when this process may mount one; else skipped."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root on Linux to mount a tmpfs")
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.parametrize("cmd", [("merge",), ("convert", "--to", "hf")])
+def test_read_only_destination_is_an_environment_failure(tmp_path, cli, read_only_fs, cmd):
+    """Class: a read-only filesystem is the user's environment (exit 9, one line), not a bug."""
+    base, final = make_lit(tmp_path)
+    src = final if cmd[0] == "merge" else base
+    res = cli(cmd[0], src, *cmd[1:], "--out", read_only_fs)
+    assert res.code == 9, res.stderr
+    assert "Read-only file system" in res.stderr
+    assert "internal error" not in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert _listing(read_only_fs) == []
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS, errno.EDQUOT])
+def test_permission_denied_creating_the_output_is_an_environment_failure(tmp_path, cli, monkeypatch, code):
+    """Tests run as root, where chmod does not deny: the refusal is injected where the temp file is made."""
+    import tempfile
+
+    base, final = make_lit(tmp_path)
+    out = tmp_path / "m"
+    out.mkdir()
+
+    def denied(*a, **k):
+        raise OSError(code, os.strerror(code), str(out))
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    res = cli("merge", final, "--out", out)
+    assert res.code == 9, res.stderr
+    assert os.strerror(code) in res.stderr and "internal error" not in res.stderr
+    assert _listing(out) == []
+
+
 # ------------------------------------------------------------------------------- bad configs
 
 
@@ -307,4 +355,4 @@ def test_good_config_still_merges(tmp_path, cli):
     base, final = make_lit(tmp_path, qkv=True)
     res = cli("merge", final, "--out", tmp_path / "m", "--json")
     assert res.code == 0, res.stderr
-    assert json.loads(res.stdout)["modules_merged"] == 2
+    assert json.loads(res.stdout)["lora"]["modules"] == 2

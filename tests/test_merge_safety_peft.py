@@ -183,7 +183,7 @@ def test_square_conv1d_without_model_type_decided_from_the_other_weights(tmp_pat
     cfg.pop("model_type")
     (anon / "config.json").write_text(json.dumps(cfg))
     plan = plan_for(anon, a)
-    assert plan.summary["fan_in_fan_out_modules"] == 6
+    assert plan.summary["lora"]["fan_in_fan_out_modules"] == 6
     from test_peft_merge import apply_plan
 
     assert_bit_equal(apply_plan(plan), ref)

@@ -2,14 +2,16 @@
 
 ``CKPT_TOOL_MIGRATE_CRASH_AFTER=N`` makes the CLI SIGKILL itself right after
 its Nth mutation (a journal record, a rename, a mkdir, a published file, and
-the moment between writing a temp file and publishing it). The uninterrupted
-run says how many mutations there are; every one of them is tried.
+the moment between writing a temp file and publishing it). An uninterrupted
+run in this process counts the crash points (the journal's internal counter,
+not part of any output); every one of them is tried, and a kill one past the
+last must never fire: that run finishes and leaves the expected tree.
 """
 
 from __future__ import annotations
 
-import json
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import migrate_helpers as h
 import pytest
 from cli_helpers import run_subprocess
 
+from ckpt_tool.ops import journal
 from ckpt_tool.ops import migrate as ops
 from ckpt_tool.ops.journal import ENV_CRASH, JOURNAL_NAME, Journal
 
@@ -38,14 +41,25 @@ def _undo(root: Path, crash: int | None = None) -> tuple[int, str, str]:
     return res.code, res.stdout, res.stderr
 
 
+def _crash_points(run: Callable[[], object]) -> int:
+    """How many mutations ``run`` makes (each one a point where the crash hook can kill the CLI)."""
+    before = journal.mutation_count()
+    try:
+        run()
+    except ops.MigrateIncomplete:
+        pass  # an undo that keeps a folder still mutates up to its end
+    return journal.mutation_count() - before
+
+
 def test_kill_at_every_step_of_apply_converges(tmp_path: Path) -> None:
     clean = small_tree(tmp_path / "clean")
     original = h.snapshot(clean)
-    code, out, err = _apply(clean)
-    assert code == 0, err
-    total = json.loads(out)["mutations"]
+    total = _crash_points(lambda: ops.apply(clean))
     expected = h.snapshot(clean)
     assert total >= 15 and expected != original
+    past = small_tree(tmp_path / "past-the-last")
+    code, _, err = _apply(past, crash=total + 1)  # no crash point is left out: this one is never reached
+    assert code == 0 and h.snapshot(past) == expected, err
 
     def one(n: int) -> None:
         root = small_tree(tmp_path / f"crash-{n}")
@@ -73,10 +87,12 @@ def test_kill_at_every_step_of_undo_converges(tmp_path: Path) -> None:
     clean = small_tree(tmp_path / "clean")
     original = h.snapshot(clean)
     ops.apply(clean)
-    code, out, err = _undo(clean)
-    assert code == 0, err
-    total = json.loads(out)["mutations"]
+    total = _crash_points(lambda: ops.undo(clean))
     assert h.snapshot(clean) == original and total >= 10
+    past = small_tree(tmp_path / "past-the-last")
+    ops.apply(past)
+    code, _, err = _undo(past, crash=total + 1)
+    assert code == 0 and h.snapshot(past) == original, err
 
     def one(n: int) -> None:
         root = small_tree(tmp_path / f"undo-{n}")
@@ -118,10 +134,10 @@ def test_kill_at_every_step_of_an_upgrade_attn_apply(tmp_path: Path) -> None:
 
     clean = tree(tmp_path / "clean")
     original = h.snapshot(clean)
-    res = run_subprocess("migrate", clean, "--apply", "--json", "--upgrade-attn", env={ENV_CRASH: ""})
-    assert res.code == 0, res.stderr
-    total = json.loads(res.stdout)["mutations"]
+    total = _crash_points(lambda: ops.apply(clean, options=ops.MigrateOptions(upgrade_attn=True)))
     expected = h.snapshot(clean)
+    res = run_subprocess("migrate", tree(tmp_path / "past"), "--apply", "--upgrade-attn", env={ENV_CRASH: str(total + 1)})
+    assert res.code == 0 and h.snapshot(tmp_path / "past") == expected, res.stderr
     assert expected["2023-09/lit_model_finetuned.pth"] == original["2023-09/lit_model_finetuned.pth"]
 
     def one(n: int) -> None:
@@ -147,10 +163,11 @@ def test_kill_at_every_step_of_an_undo_that_keeps_a_folder(tmp_path: Path) -> No
         return root
 
     clean = migrated(tmp_path / "clean")
-    code, out, err = _undo(clean)
-    assert code == 7, err
-    total = json.loads(out)["mutations"]
+    total = _crash_points(lambda: ops.undo(clean))
     expected = h.snapshot(clean)
+    past = migrated(tmp_path / "past")
+    code, _, err = _undo(past, crash=total + 1)
+    assert code == 7 and h.snapshot(past) == expected, err
     assert "2023-06/final/lit_model.pth.lora" in expected and "2024-03/iter-000100/lit_model.pth" in expected
 
     def one(n: int) -> None:

@@ -295,7 +295,7 @@ def test_hostile_config(built, tmp_path, cli, text, needle) -> None:
         detect(d)
     assert needle in exc.value.message and "adapter_config.json" in exc.value.message
     res = cli("inspect", "--json", d)
-    assert res.code == 4 and res.stdout == ""
+    assert res.code == 4 and json.loads(res.stdout)["error"]["exit_code"] == 4  # the one --json document
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.stderr
 

@@ -223,7 +223,7 @@ def test_rslora_rank_alpha_pattern(tmp_path, dt):
     got = check(tmp_path, b, a, dtype, changed=6)
     assert got  # shapes per module came from rank_pattern
     plan = plan_for(b, a)
-    assert len(plan.summary["scales"]) >= 3
+    assert len(plan.summary["lora"]["scales"]) >= 3
 
 
 @pytest.mark.parametrize("dt", ["fp32", "bf16"])
@@ -292,7 +292,7 @@ def test_gpt2_conv1d_lora_bias(tmp_path, dt):
     }
     b, a = make_case(tmp_path, gpt2(), dtype, kw)
     plan = plan_for(b, a)
-    assert plan.summary["fan_in_fan_out_modules"] == 8 and plan.summary["lora_bias_modules"] == 8
+    assert plan.summary["lora"]["fan_in_fan_out_modules"] == 8 and plan.summary["lora"]["bias_modules"] == 8
     check(tmp_path, b, a, dtype, changed=16)
 
 
@@ -572,7 +572,7 @@ def test_merge_operation_finds_local_base(tmp_path):
     _edit_config(a, base_model_name_or_path=str(b))  # a local dir: found without --base
     out = tmp_path / "merged"
     summary = merge(a, out=out)
-    assert summary["lora_modules"] == 4 and summary["replaced_tensors"] == ["lm_head.weight"]
+    assert summary["lora"]["modules"] == 4 and summary["replaced_tensors"] == ["lm_head.weight"]
     ref = reference(tmp_path, b, a, torch.bfloat16)
     assert_bit_equal(read_dir(out), ref)
     assert {p.name for p in out.iterdir()} == {

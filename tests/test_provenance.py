@@ -70,7 +70,7 @@ def test_lit_default_merge_writes_the_record_beside_lit_model_pth(ws, cli):
     assert f == {"name": "lit_model.pth", "size": os.path.getsize(base / "lit_model.pth"),
                  "fingerprint": file_fingerprint(base / "lit_model.pth")}
     merge = rec["merge"]
-    assert merge["lora"]["alpha"] == 16 and merge["lora"]["r"] == 8 and merge["lora"]["scaling"] == 2.0
+    assert merge["lora"]["alpha"] == 16 and merge["lora"]["r"] == 8 and merge["lora"]["scales"] == [2.0]
     assert merge["hyperparameters"] == {"source": "hyperparameters.yaml"}
     assert merge["adapter_fingerprint"] and merge["convention"] == "lit"
     assert rec["outputs"][0]["file"] == "lit_model.pth"
@@ -87,7 +87,7 @@ def test_peft_merge_records_in_the_header_and_the_directory(ws, cli, tmp_path):
     rec = json.loads(head[provenance.KEY])
     assert rec["operation"] == "merge" and "outputs" not in rec
     assert rec["merge"]["hyperparameters"] == {"source": "adapter_config.json"}
-    assert rec["merge"]["scales"] == [2.0] and rec["merge"]["lora_alpha"] == 16
+    assert rec["merge"]["lora"]["scales"] == [2.0] and rec["merge"]["lora"]["alpha"] == 16
     assert head["ckpt_tool.merged_adapter"] == rec["merge"]["adapter_fingerprint"]  # H3's mark is kept
     (entry,) = json.loads((out / PROV).read_text())["entries"]
     assert {k: v for k, v in entry.items() if k != "outputs"} == rec

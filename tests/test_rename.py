@@ -140,7 +140,7 @@ def test_map_keeps_every_byte_and_the_metadata(cli, tmp_path):
     res = cli("rename", src, "--map", "model.norm.weight=model.final_norm.weight", "--out", out, "--json")
     assert res.code == 0, res.stderr
     s = json.loads(res.stdout)
-    assert s["tensors"]["renamed"] == 1 and s["tensors"]["copied"] == s["tensors"]["tensors"] == 12
+    assert s["tensors"]["renamed"] == 1 and s["tensors"]["copied"] == s["tensors"]["written"] == 12
     assert s["tensors"]["computed"] == 0 and s["tensors"]["cast"] == 0
     # the data buffer is byte-identical (same order, same bytes); only the header changed
     assert data_section(out) == data_section(src)

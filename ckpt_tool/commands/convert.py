@@ -25,13 +25,13 @@ def _human(s: dict[str, Any]) -> str:
     lines = [f"{head} {s['source_format']} {s['kind']} {s['source']} to {s['to']}" + (" (dry run: nothing written)" if s.get("dry_run") else "")]
     size = render.human_bytes(t.get("bytes", 0))
     if s.get("dry_run"):
-        lines.append(f"  {t.get('tensors', 0)} tensors, {size}")
+        lines.append(f"  {t.get('written', 0)} tensors, {size}")
     else:
         lines.append(
-            f"  {t.get('tensors', 0)} tensors written ({t.get('copied', 0)} copied unchanged, {t.get('computed', 0)} "
+            f"  {t.get('written', 0)} tensors written ({t.get('copied', 0)} copied unchanged, {t.get('computed', 0)} "
             f"computed, {t.get('cast', 0)} cast), {size}, {s.get('seconds', 0):.2f} s"
         )
-    dtypes = ", ".join(f"{k}: {v}" for k, v in s.get("dtype", {}).items())
+    dtypes = ", ".join(f"{k}: {v}" for k, v in s.get("output_dtypes", {}).items())
     if dtypes:
         lines.append(f"  output dtypes: {dtypes}")
     verb = "would write" if s.get("dry_run") else "wrote"

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         """
         from ckpt_tool.ops.diff import compare
 
-        result = compare(a, b, atol)
+        result = compare(a, b, atol, progress=not render.is_quiet() and not json_out)
         if json_out:
             render.emit_json(result.to_json())
         else:

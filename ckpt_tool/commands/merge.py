@@ -16,14 +16,14 @@ def _human(summary: dict) -> str:
     what = f"{summary.get('adapter_type') or ''} adapter".strip()
     head = "would merge" if dry else "merged"
     lines = [f"{head} {what} {summary['adapter']} into {summary['base']}" + (" (dry run: nothing written)" if dry else "")]
-    changed = summary.get("modules_merged", t.get("changed", 0))
+    changed = (summary.get("lora") or {}).get("modules", t.get("changed", 0))
     size = render.human_bytes(t.get("bytes", 0))
     if dry:
         lines.append(f"  {changed} modules to change; {t.get('written', 0)} tensors, {size}")
     else:
         lines.append(
             f"  {changed} modules changed; {t.get('written', 0)} tensors written ({t.get('copied', 0)} copied "
-            f"unchanged, {t.get('converted', 0)} converted), {size}, {summary.get('seconds', 0):.2f} s"
+            f"unchanged, {t.get('cast', 0)} cast), {size}, {summary.get('seconds', 0):.2f} s"
         )
     hp = summary.get("hyperparameters") or {}
     if hp.get("given"):
@@ -39,7 +39,7 @@ def _human(summary: dict) -> str:
             f"  base {base.get('id')} found in the local Hugging Face cache ({base.get('revision') or 'main'} = "
             f"commit {str(base.get('commit'))[:12]}, nothing downloaded)"
         )
-    dtypes = ", ".join(f"{k}: {v}" for k, v in summary.get("dtype", {}).items())
+    dtypes = ", ".join(f"{k}: {v}" for k, v in summary.get("output_dtypes", {}).items())
     if dtypes:
         lines.append(f"  output dtypes: {dtypes}")
     verb = "would write" if dry else "wrote"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ckpt_tool import render
-from ckpt_tool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CkptError, UsageError, from_os_error
+from ckpt_tool.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, CkptError, UsageError, error_doc, from_os_error
 
 if TYPE_CHECKING:  # the migrate machinery loads when the command runs, not for --help or inspect
     from ckpt_tool.ops import migrate as ops
@@ -130,19 +130,32 @@ def _counts(steps: list[Any]) -> dict[str, int]:
 
 
 def _json_steps(steps: list[Any], status: dict[int, str] | None = None) -> list[dict[str, Any]]:
-    out = []
-    for s in steps:
-        item = {"run": s.run, "action": s.op, "from": s.src, "to": s.dst, "reason": s.reason}
-        if status is not None:
-            item["status"] = status.get(s.i, "")
-        out.append(item)
-    return out
+    """The ``actions`` of the JSON document: every step with its state ("pending" until it is done)."""
+    status = status or {}
+    return [
+        {"run": s.run, "action": s.op, "from": s.src, "to": s.dst, "reason": s.reason, "status": status.get(s.i) or "pending"}
+        for s in steps
+    ]
 
 
-def _error_doc(exc: CkptError | None) -> dict[str, Any] | None:
-    if exc is None:
-        return None
-    return {"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+def _blank_doc(root: Path, mode: str) -> dict[str, Any]:
+    """The one shape of migrate's JSON document, for plan, --apply and --undo alike (filled in as the run goes)."""
+    return {
+        "root": str(root),
+        "mode": mode,
+        "applied": False,
+        "resuming": False,
+        "actions": [],
+        "left": [],
+        "conflicts": [],
+        "skipped": [],
+        "missing": [],
+        "kept": [],
+        "restored": 0,
+        "counts": {},
+        "message": "",
+        "error": None,
+    }
 
 
 def register(app: typer.Typer) -> None:
@@ -180,24 +193,22 @@ def register(app: typer.Typer) -> None:
         interrupted run resumes when started again, and --undo restores the original tree.
         """
         mode = "undo" if undo else "apply" if apply_ else "plan"
-        doc: dict[str, Any] = {"root": str(root), "mode": mode}
+        doc = _blank_doc(root, mode)
         error: BaseException | None = None
         try:
             _run(root, mode, apply_ and undo, jobs, upgrade_attn, json_out, verbose, doc)
         except CkptError as exc:
             error = exc
-            doc["error"] = _error_doc(exc)
+            doc["error"] = error_doc(exc)
         except OSError as exc:  # the machine refused outside a step: same words as everywhere
             error = from_os_error(exc)
-            doc["error"] = _error_doc(error)  # type: ignore[arg-type]
+            doc["error"] = error_doc(error)
         except KeyboardInterrupt as exc:
             error = exc
             doc["error"] = {"message": "interrupted", "hint": "run the command again", "exit_code": EXIT_INTERRUPTED}
         except Exception as exc:  # a bug: cli.main reports it; the JSON reader still gets one document
             error = exc
             doc["error"] = {"message": f"internal error ({type(exc).__name__}: {exc})", "hint": None, "exit_code": EXIT_INTERNAL}
-        else:
-            doc["error"] = None
         if json_out:
             render.emit_json(doc)
         if error is not None:
@@ -241,7 +252,6 @@ def _run(
 
 def _plan_doc(plan: ops.Plan, status: dict[int, str] | None) -> dict[str, Any]:
     return {
-        "applied": False,
         "resuming": plan.resuming,
         "actions": _json_steps(plan.steps, status),
         "left": plan.left,
@@ -282,8 +292,6 @@ def _render_plan(plan: ops.Plan, json_out: bool, verbose: bool, doc: dict[str, A
 def _render_outcome(
     outcome: ops.Outcome, json_out: bool, verbose: bool, mode: str, doc: dict[str, Any], failed: bool = False
 ) -> None:
-    from ckpt_tool.ops.journal import mutation_count
-
     done = set(outcome.done)
     status = {s.i: ("done" if s.i in done else "") for s in outcome.plan.steps}
     for sk in outcome.skipped:
@@ -294,15 +302,15 @@ def _render_outcome(
     doc.update(
         {
             "applied": mode == "apply" and not outcome.missing,
+            "resuming": outcome.plan.resuming,
             "actions": _json_steps(outcome.plan.steps, status) if mode == "apply" else [],
             "left": outcome.plan.left,
             "skipped": outcome.skipped,
             "missing": outcome.missing,
             "kept": outcome.kept,
-            "restored": len(outcome.done) if mode == "undo" else None,
+            "restored": len(outcome.done) if mode == "undo" else 0,
             "counts": _counts(outcome.plan.steps),
             "message": outcome.message,
-            "mutations": mutation_count(),
         }
     )
     if mode == "apply" and not json_out:

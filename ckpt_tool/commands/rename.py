@@ -1,4 +1,4 @@
-"""``ckpt-tool rename``: new tensor names (same bytes), a PEFT adapter's new name, or repaired PEFT keys."""
+"""``ckpt-tool rename``: new tensor names (same bytes), a PEFT adapter's new name, repaired keys or file names."""
 
 from __future__ import annotations
 
@@ -94,10 +94,10 @@ def _keys_human(s: dict[str, Any]) -> str:
         lines = [f"nothing to repair in {what} {s['source']}: no damaged key found; nothing written"]
     elif repair:
         verb = "would repair" if dry else "repaired"
-        lines = [f"{verb} {t.get('renamed', 0)} damaged keys (of {t.get('tensors', 0)} tensors) of {what} in {s['source']}{where}"]
+        lines = [f"{verb} {t.get('renamed', 0)} damaged keys (of {t.get('written', 0)} tensors) of {what} in {s['source']}{where}"]
     else:
         verb = "would rename" if dry else "renamed"
-        lines = [f"{verb} {t.get('renamed', 0)} of {t.get('tensors', 0)} tensors of {what} {s['source']}{where}"]
+        lines = [f"{verb} {t.get('renamed', 0)} of {t.get('written', 0)} tensors of {what} {s['source']}{where}"]
     lines = [line for head in lines for line in wrap(head)]
     if dry:
         lines.append("  dry run: nothing written")
@@ -107,7 +107,7 @@ def _keys_human(s: dict[str, Any]) -> str:
         size = render.human_bytes(t.get("bytes", 0))
         lines.extend(
             wrap(
-                f"{t.get('tensors', 0)} tensors, {size}: {t.get('copied', 0)} copied unchanged, "
+                f"{t.get('written', 0)} tensors, {size}: {t.get('copied', 0)} copied unchanged, "
                 f"{t.get('cast', 0)} cast, {t.get('computed', 0)} computed ({s.get('seconds', 0):.2f}s)",
                 "  ",
             )
@@ -144,10 +144,42 @@ def _adapter_human(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _files_human(s: dict[str, Any]) -> str:
+    """A file repair or its undo: one line per step (ROOT-relative paths), the notes, what to do next."""
+    dry, undo = s.get("dry_run"), s.get("operation") == "undo"
+    steps = s.get("steps", [])
+    if undo:
+        head = f"undid the repair of {s['root']}: {len(steps)} step(s) reversed"
+    elif not steps:
+        head = f"nothing to repair in {s['root']}"
+    else:
+        verb = "would repair" if dry else "repaired"
+        moved = [f"{x['path']} -> {x['to']}" for x in steps if x["op"] == "move"]
+        head = f"{verb} {s['root']}: {', '.join(moved) or 'companion files'}"
+        if s.get("resumed"):
+            head += " (finishing an interrupted repair)"
+    lines = wrap(head)
+    if dry:
+        lines.append("  dry run: nothing changed")
+    for x in steps:
+        done = x["status"] if x["status"] in ("done", "undone") else x["op"]
+        text = f"  {done:<8} {x['path']}" + (f" -> {x['to']}" if x.get("to") else "")
+        lines.append(text)
+        if x.get("reason") and not undo:
+            lines.extend(wrap(x["reason"], "             "))
+    for item in s.get("left", []):
+        lines.extend(wrap(f"note: {item['path']}: {item['reason']}", "  "))
+    for note in s.get("notes", []):
+        lines.extend(wrap(f"note: {note}", "  "))
+    if steps and not dry and not undo:
+        lines.extend(wrap(f"journaled in {s['root']}; 'ckpt-tool rename {s['root']} --undo' reverses it", "  "))
+    return "\n".join(lines)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("rename", no_args_is_help=True)
     def rename_cmd(
-        path: Annotated[Path, typer.Argument(help="A safetensors or torch file, a sharded Hugging Face directory, or a PEFT adapter directory.")],
+        path: Annotated[Path, typer.Argument(help="A safetensors or torch file, a sharded Hugging Face directory, a PEFT adapter directory, or a LitGPT checkpoint folder (--repair, --undo).")],
         maps: Annotated[list[str] | None, typer.Option("--map", metavar="OLD=NEW", help="Rename one tensor (exact name; repeatable).")] = None,
         regexes: Annotated[list[str] | None, typer.Option("--regex", metavar="PATTERN=REPLACEMENT", help="Rename every name the Python regex matches as a whole (re.fullmatch; \\1, \\g<name> in the replacement; repeatable, applied in order).")] = None,
         strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", metavar="P", help="Remove P from the start of the names that have it.")] = None,
@@ -155,7 +187,8 @@ def register(app: typer.Typer) -> None:
         map_file: Annotated[Path | None, typer.Option("--map-file", metavar="F", help="Exact renames from a JSON object {\"old\": \"new\"} or lines OLD=NEW (applied first).")] = None,
         adapter: Annotated[str | None, typer.Option("--adapter", metavar="NAME", help="PEFT: the adapter to work on; with --to, the adapter to rename.")] = None,
         to: Annotated[str | None, typer.Option("--to", metavar="NEW", help="PEFT: the adapter's new name (renames its folder; 'default' is the root).")] = None,
-        do_repair: Annotated[bool, typer.Option("--repair", help="PEFT: restore keys damaged by PEFT <= 0.17 (adapter named 'lora'); in place unless --out.")] = False,
+        do_repair: Annotated[bool, typer.Option("--repair", help="PEFT: restore keys damaged by PEFT <= 0.17 (adapter named 'lora'); in place unless --out. LitGPT: rename a LoRA-only lit_model.pth to lit_model.pth.lora (journaled in its folder; see --undo).")] = False,
+        do_undo: Annotated[bool, typer.Option("--undo", help="LitGPT: reverse the file repair journaled in PATH's folder (all or nothing).")] = False,
         out: Annotated[Path | None, typer.Option("--out", help="Write the renamed checkpoint here (a file for a file input, a directory for a directory).")] = None,
         in_place: Annotated[bool, typer.Option("--in-place", help="Replace the input file(s) atomically (temp files beside them, renamed over them, index last).")] = False,
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing --out files.")] = False,
@@ -181,6 +214,7 @@ def register(app: typer.Typer) -> None:
             adapter=adapter,
             to=to,
             do_repair=do_repair,
+            do_undo=do_undo,
             out=out,
             in_place=in_place,
             force=force,
@@ -191,5 +225,7 @@ def register(app: typer.Typer) -> None:
             render.emit_json(summary)
         elif summary.get("operation") == "adapter":
             render.out(_adapter_human(summary))
+        elif summary.get("operation") in ("repair-files", "undo"):
+            render.out(_files_human(summary))
         else:
             render.out(_keys_human(summary))

@@ -20,9 +20,9 @@ def _human(s: dict[str, Any]) -> str:
         head = "would split" if dry else "split"
         lines = [f"{head} {s['source_format']} {s['kind']} {s['source']} into a base and a {s['convention']} adapter{tail}"]
         for role in ("base", "adapter"):
-            part = s.get(role, {})
+            part = s.get(f"{role}_out", {})
             lines.append(
-                f"  {role}: {part.get('tensors', 0)} tensors, {render.human_bytes(part.get('bytes', 0))} -> {part.get('path')}"
+                f"  {role}: {part.get('written', 0)} tensors, {render.human_bytes(part.get('bytes', 0))} -> {part.get('path')}"
             )
         lora = s.get("lora") or {}
         if lora:
@@ -33,7 +33,7 @@ def _human(s: dict[str, Any]) -> str:
                 f"{lora.get('modules')} modules, targets: {targets}"
             )
     else:
-        limit = s.get("max_shard_size")
+        limit = s.get("max_shard_bytes")
         what = f"{s['source_format']} {s['kind']} {s['source']}"
         if not limit or s.get("shards") == 1:
             head = "would consolidate" if dry else "consolidated"
@@ -42,10 +42,10 @@ def _human(s: dict[str, Any]) -> str:
             head = "would shard" if dry else "sharded"
             lines = [f"{head} {what} into {s.get('shards')} shards of at most {limit:,} bytes{tail}"]
     if dry:
-        lines.append(f"  {t.get('tensors', 0)} tensors, {size}")
+        lines.append(f"  {t.get('written', 0)} tensors, {size}")
     else:
         lines.append(
-            f"  {t.get('tensors', 0)} tensors written ({t.get('copied', 0)} copied unchanged, {t.get('cast', 0)} cast), "
+            f"  {t.get('written', 0)} tensors written ({t.get('copied', 0)} copied unchanged, {t.get('cast', 0)} cast), "
             f"{size}, {s.get('seconds', 0):.2f} s"
         )
     verb = "would write" if dry else "wrote"

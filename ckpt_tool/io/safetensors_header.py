@@ -9,6 +9,7 @@ the wrong one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -38,6 +39,19 @@ _NEG_ZERO = _NegativeZero()
 
 def _parse_int(text: str) -> Any:
     return _NEG_ZERO if text == "-0" else int(text)
+
+
+def _no_constant(text: str) -> Any:
+    """``NaN`` / ``Infinity`` literals: Python's json accepts them, JSON (and serde, safetensors' parser) does not."""
+    raise ValueError(f"{text} is not a JSON value")
+
+
+def _parse_float(text: str) -> float:
+    """serde refuses a number past f64's range ("number out of range"); Python would make it inf."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -109,7 +123,13 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[list[TensorIn
     if declared > MAX_SAFETENSORS_TENSORS:
         raise InvalidFile(f"{path}: safetensors header declares {declared} tensors (limit {MAX_SAFETENSORS_TENSORS})")
     try:
-        header = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_int=_parse_int)
+        header = json.loads(
+            blob.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_no_constant,
+        )
     except InvalidFile as exc:
         raise InvalidFile(f"{path}: {exc.message}", exc.hint) from None
     except (UnicodeDecodeError, ValueError) as exc:

@@ -204,9 +204,9 @@ def convert(
         "kind": info.kind,
         "to": to,
         "outputs": [str(p) for p in target.all_paths(plan)],
-        "dtype": engine.dtype_summary(plan.outs()),
+        "output_dtypes": engine.dtype_summary(plan.outs()),
         "dry_run": dry_run,
-        "tensors": {k: report.counts[k] for k in ("tensors", "copied", "cast", "computed", "bytes")},
+        "tensors": engine.tensor_counts(report),
         **extra,
     }
     if report.removed_temps:

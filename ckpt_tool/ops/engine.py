@@ -245,13 +245,25 @@ def _not_a_file(path: Path) -> bool:
 # --- progress and write-behind ---------------------------------------------------------------------------
 
 
+def _terminal_console() -> Any:
+    """stderr as a rich Console when it is a terminal; None otherwise (no bar in logs, pipes or --json captures)."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
 class Progress:
-    """A rich progress bar on stderr, only when stderr is a terminal (bytes, in MiB like every summary)."""
+    """The one progress bar (merge, convert, split, rename, diff): rich, on stderr, only on a terminal.
+
+    Bytes are shown with ``render.human_bytes`` (binary units: KiB, MiB, GiB), as every summary shows them.
+    """
 
     def __init__(self, total: int, label: str, enabled: bool) -> None:
         self.bar = None
-        if enabled and total and sys.stderr.isatty():
-            from rich.console import Console
+        console = _terminal_console() if enabled and total else None
+        if console is not None:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
             from ckpt_tool.render import human_bytes
@@ -264,7 +276,7 @@ class Progress:
 
             self.bar = Progress(
                 TextColumn(label), BarColumn(), _Bytes(""), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
+                console=console, transient=True,
             )
             self.task = self.bar.add_task(label, total=total)
             self.bar.start()
@@ -493,6 +505,12 @@ def _run(
         writer = writers[target.place[(out.sink, out.name)]]
         behind.submit(out.nbytes, functools.partial(writer.write, out.name, t))
     del tensors
+
+
+def tensor_counts(report: Report) -> dict[str, int]:
+    """The ``tensors`` object of every write command's JSON: written, and how (copied, cast, computed), and bytes."""
+    c = report.counts
+    return {"written": c["tensors"], "copied": c["copied"], "cast": c["cast"], "computed": c["computed"], "bytes": c["bytes"]}
 
 
 def dtype_summary(outs: Sequence[Out]) -> dict[str, int]:

@@ -220,7 +220,7 @@ def run_plan(
         "written": c["tensors"],
         "changed": sum(1 for s in tplan.steps if s.compute is not None),
         "copied": c["copied"],
-        "converted": c["cast"],
+        "cast": c["cast"],
         "dropped": len(plan.drop & {t.name for t in plan.base.tensors}),
         "bytes": c["bytes"],
     }
@@ -317,8 +317,7 @@ def converted_plan(plan: MergePlan, sink: Sink, dtype: str | None) -> tuple[Tran
 
 #: Summary keys of a merge plan that go into the provenance record's ``merge`` section (when present).
 _RECORDED = (
-    "adapter_fingerprint", "adapter_name", "peft_type", "r", "lora_alpha", "use_rslora", "use_dora", "scales",
-    "lora", "hyperparameters", "assumed", "load_dtype", "dtype_source", "compute_dtype", "out_dtype",
+    "adapter_fingerprint", "adapter_name", "peft_type", "lora", "hyperparameters", "assumed", "load_dtype", "dtype_source", "compute_dtype", "out_dtype",
     "recorded_base", "reference",
 )
 
@@ -385,7 +384,7 @@ def merge(
         "adapter_type": plan.adapter.adapter_type,
         "to": sink.layout,
         "outputs": [str(p) for p in target.all_paths(tplan)],
-        "dtype": engine.dtype_summary(outs),
+        "output_dtypes": engine.dtype_summary(outs),
         "dry_run": dry_run,
     }
     summary.update(plan.summary)

@@ -47,6 +47,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,8 @@ from ckpt_tool.plugins import get_plugin_manager
 
 __all__ = [
     "MOVE", "COPY", "WRITE", "MKDIR", "RMDIR", "DERIVE", "REPORT", "Action", "MigrateOptions", "Plan", "Outcome",
-    "MigrateConflict", "MigrateIncomplete", "Step", "plan", "apply", "undo", "step_states", "walk_dirs",
+    "MigrateConflict", "MigrateIncomplete", "Step", "Wording", "MIGRATE", "plan", "plan_actions", "apply", "undo",
+    "step_states", "walk_dirs",
 ]
 
 REPORT = "report"  # a plugin action only: listed in the plan, never a step
@@ -119,6 +121,25 @@ class Action:
     data: str | None = None
     converter: str | None = None  # derive: "module:function" a loaded plugin declares (MIGRATE_CONVERTERS)
     params: dict[str, Any] | None = None  # derive: JSON-able arguments for the converter
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How messages name the command that journals a session, so a rerun hint is the command to type.
+
+    The journal, steps and undo are the same whoever planned them: ``migrate ROOT``
+    (plugins' ``ckpt_migrate_run`` over a tree) or ``rename DIR --repair`` (one
+    folder's file repair, ``ckpt_repair_files``); only the words differ.
+    """
+
+    command: str = "migrate"  # as in "migrate --apply, step 3"
+    apply: str = "ckpt-tool migrate {root} --apply"
+    undo: str = "ckpt-tool migrate {root} --undo"
+    noun: str = "migration"
+
+
+MIGRATE = Wording()
+Planner = Callable[[Path], "Plan"]
 
 
 @dataclass(frozen=True)
@@ -261,19 +282,31 @@ def _rel(path: Path, root: Path) -> str | None:
     return rel
 
 
-def plan(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> Plan:
+def plan(root: Path, jobs: int = 1, options: MigrateOptions | None = None, planner: Planner | None = None) -> Plan:
     """Build and check the plan for ``root``. Changes nothing.
 
     If an earlier ``--apply`` was interrupted, the plan is the rest of that
     one (``resuming``): a fresh look at a half-moved tree would not know what
-    the interrupted run still owed it.
+    the interrupted run still owed it. ``planner`` replaces the walk over the
+    tree (``rename --repair`` plans one folder: ``plan_actions``).
     """
     root = _check_root(root)
     journal = Journal(root)
     pending = journal.pending
     if pending is not None:
         return Plan(root, steps=pending.steps, resuming=True, derived=dict(pending.derived))
-    return _fresh_plan(root, jobs, options or MigrateOptions())
+    return planner(root) if planner is not None else _fresh_plan(root, jobs, options or MigrateOptions())
+
+
+def plan_actions(root: Path, run_dir: Path, actions: list[Action]) -> Plan:
+    """The checked plan for actions a caller already has (paths inside ``root``; ``run_dir`` names them).
+
+    The same checks as a tree's plan: typed steps, every path reached without a
+    symlink, no existing destination, no rename across filesystems.
+    """
+    result = Plan(root)
+    _build_steps(root, [(run_dir, a) for a in actions], result)
+    return result
 
 
 def _fresh_plan(root: Path, jobs: int, options: MigrateOptions) -> Plan:
@@ -893,7 +926,7 @@ def _rest_missing(rest: list[Step], first: Step, outcome: Outcome) -> None:
         outcome.missing.append(_missing(s, f"waits for step {first.i} ({first.dst or first.src})"))
 
 
-def _merged(resumed: Outcome | None, fresh: Outcome | None, root: Path) -> Outcome:
+def _merged(resumed: Outcome | None, fresh: Outcome | None, root: Path, words: Wording = MIGRATE) -> Outcome:
     """One report for a resumed session and the fresh plan run after it."""
     if resumed is None:
         assert fresh is not None
@@ -917,7 +950,7 @@ def _merged(resumed: Outcome | None, fresh: Outcome | None, root: Path) -> Outco
         skipped=resumed.skipped + shift(fresh.skipped),
         missing=resumed.missing + shift(fresh.missing),
         resumed_steps=resumed.resumed_steps,
-        message=f"resumed an interrupted migration ({resumed.resumed_steps} of {offset} steps were already done)",
+        message=f"resumed an interrupted {words.noun} ({resumed.resumed_steps} of {offset} steps were already done)",
     )
 
 
@@ -931,10 +964,12 @@ _WHAT_TO_DO = {
 }
 
 
-def _stopped(stop: _Stop, outcome: Outcome, root: Path, mode: str) -> MigrateIncomplete:
+def _stopped(stop: _Stop, outcome: Outcome, root: Path, mode: str, words: Wording = MIGRATE) -> MigrateIncomplete:
     """The error for a session the machine stopped: what was done, and that a rerun resumes."""
     s = stop.step
-    doing = f"migrate --{mode}, step {s.i} ({s.op} {s.dst or s.src})" if s is not None else f"migrate --{mode}"
+    doing = f"{words.command} --{mode}"
+    if s is not None:
+        doing += f", step {s.i} ({s.op} {s.dst or s.src})"
     err = from_os_error(stop.exc, doing)
     total = len(outcome.plan.steps)
     done = len(set(outcome.done))
@@ -942,17 +977,17 @@ def _stopped(stop: _Stop, outcome: Outcome, root: Path, mode: str) -> MigrateInc
     if mode == "apply":
         message = f"{err.message}; stopped after {done} of {total} steps, the rest is pending in the journal"
         hint = (
-            f"{what}, then rerun 'ckpt-tool migrate {root} --apply' to resume the plan (nothing partial was "
+            f"{what}, then rerun '{words.apply.format(root=root)}' to resume the plan (nothing partial was "
             "published; '--undo' restores the tree instead)"
         )
     else:
         message = f"{err.message}; the undo stopped after restoring {done} step(s)"
-        hint = f"{what}, then rerun 'ckpt-tool migrate {root} --undo' to finish it"
+        hint = f"{what}, then rerun '{words.undo.format(root=root)}' to finish it"
     outcome.message = message
     return MigrateIncomplete(message, hint, outcome, EnvironmentFailure.exit_code)
 
 
-def _left_pending(outcome: Outcome, root: Path) -> MigrateIncomplete:
+def _left_pending(outcome: Outcome, root: Path, words: Wording = MIGRATE) -> MigrateIncomplete:
     missing = outcome.missing
     refused = any(m.get("kind") == "refused" for m in missing)
     causes = [m for m in missing if not str(m["why"]).startswith("waits for step")]
@@ -966,25 +1001,32 @@ def _left_pending(outcome: Outcome, root: Path) -> MigrateIncomplete:
     if refused:
         hint = "'ckpt-tool migrate ROOT --undo' restores the tree; then migrate it without --upgrade-attn"
     else:
-        hint = f"fix what is listed, then rerun 'ckpt-tool migrate {root} --apply' to finish ('--undo' restores the tree)"
+        hint = f"fix what is listed, then rerun '{words.apply.format(root=root)}' to finish ('--undo' restores the tree)"
     outcome.message = message.split("\n", 1)[0]
     only_refused = causes and all(m.get("kind") == "refused" for m in causes)
     return MigrateIncomplete(message, hint, outcome, Refused.exit_code if only_refused else Conflict.exit_code)
 
 
-def apply(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> Outcome:
+def apply(
+    root: Path,
+    jobs: int = 1,
+    options: MigrateOptions | None = None,
+    planner: Planner | None = None,
+    words: Wording = MIGRATE,
+) -> Outcome:
     """Apply the plan for ``root`` (resuming an interrupted one first).
 
-    Raises ``MigrateConflict`` (the plan is refused, nothing changed) or
-    ``MigrateIncomplete`` (steps are left pending: the machine refused, exit 9,
-    or the tree changed, exit 7).
+    ``planner`` (see ``plan``) is called with the lock held, after the resume:
+    it sees the tree the interrupted session left. Raises ``MigrateConflict``
+    (the plan is refused, nothing changed) or ``MigrateIncomplete`` (steps are
+    left pending: the machine refused, exit 9, or the tree changed, exit 7).
     """
     root = _check_root(root)
     with migrate_lock(root), RootFS(root) as fs:
         journal = Journal(root)
         if journal.undoing:
             raise Conflict(
-                f"an undo of {root} was interrupted", "run 'ckpt-tool migrate --undo' again to finish it"
+                f"an undo of {root} was interrupted", f"run '{words.undo.format(root=root)}' again to finish it"
             )
         resumed: Outcome | None = None
         pending = journal.pending
@@ -993,11 +1035,11 @@ def apply(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> O
             try:
                 _run_session(fs, journal, pending, resumed)
             except _Stop as stop:
-                raise _stopped(stop, resumed, root, "apply") from None
+                raise _stopped(stop, resumed, root, "apply", words) from None
             if resumed.missing:
                 resumed.message = ""
-                raise _left_pending(resumed, root)
-        fresh = _fresh_plan(root, jobs, options or MigrateOptions())
+                raise _left_pending(resumed, root, words)
+        fresh = planner(root) if planner is not None else _fresh_plan(root, jobs, options or MigrateOptions())
         if fresh.conflicts:
             raise MigrateConflict(fresh.conflicts, fresh)
         outcome = Outcome(fresh)
@@ -1006,11 +1048,11 @@ def apply(root: Path, jobs: int = 1, options: MigrateOptions | None = None) -> O
             try:
                 _run_session(fs, journal, session, outcome)
             except _Stop as stop:
-                merged = _merged(resumed, outcome, root)
-                raise _stopped(stop, merged, root, "apply") from None
-        result = _merged(resumed, outcome, root)
+                merged = _merged(resumed, outcome, root, words)
+                raise _stopped(stop, merged, root, "apply", words) from None
+        result = _merged(resumed, outcome, root, words)
         if result.missing:
-            raise _left_pending(result, root)
+            raise _left_pending(result, root, words)
         if resumed is None and not fresh.steps:
             result.message = "nothing to do: the tree is already in today's layout"
         return result
@@ -1124,7 +1166,7 @@ def _reverse(fs: RootFS, s: Step) -> None:
     mutated()
 
 
-def undo(root: Path) -> Outcome:
+def undo(root: Path, words: Wording = MIGRATE) -> Outcome:
     """Restore the pre-migration tree from the journal, newest session first, then drop the journal.
 
     Checkpoint folder by folder, all or nothing (see the module docstring).
@@ -1136,7 +1178,7 @@ def undo(root: Path) -> Outcome:
     with migrate_lock(root), RootFS(root) as fs:
         journal = Journal(root)
         if not journal.sessions:
-            raise NotFound(f"{root}: no migration journal ({JOURNAL_NAME})", "there is nothing to undo here")
+            raise NotFound(f"{root}: no {words.noun} journal ({JOURNAL_NAME})", "there is nothing to undo here")
         if not journal.undoing:
             journal.append({"type": "undo"})
         outcome = Outcome(Plan(root, steps=[s for sess in journal.sessions for s in sess.steps]))
@@ -1149,7 +1191,7 @@ def undo(root: Path) -> Outcome:
                 for group in reversed(list(by_group.values())):
                     _undo_one(fs, group, sess.derived, outcome)
         except _Stop as stop:
-            raise _stopped(stop, outcome, root, "undo") from None
+            raise _stopped(stop, outcome, root, "undo", words) from None
         fs.syncfs()
         if outcome.kept:
             journal.append({"type": "undo-end"})
@@ -1163,13 +1205,13 @@ def undo(root: Path) -> Outcome:
             outcome.message = message.split("\n", 1)[0]
             raise MigrateIncomplete(
                 message,
-                "put back what is listed and rerun --undo, or keep the migrated folders (--apply works again); "
-                "the journal is kept",
+                f"put back what is listed and rerun '{words.undo.format(root=root)}', or keep the folders as they "
+                f"are ('{words.apply.format(root=root)}' works again); the journal is kept",
                 outcome,
                 Conflict.exit_code,
             )
         journal.remove()
-        outcome.message = "restored the tree as it was before the migration"
+        outcome.message = f"restored the tree as it was before the {words.noun}"
         return outcome
 
 

@@ -19,7 +19,11 @@ Three operations share the command:
   time (``io/dirops.py``).
 * **repair** (``--repair``): the plugin (``ckpt_repair_keys``) says which keys
   an older release of its library damaged and checks the repaired names
-  against the checkpoint's config; the renames then run like **keys**.
+  against the checkpoint's config; the renames then run like **keys**. A
+  misnamed *file* (``ckpt_repair_files``: LitGPT's March 2024 LoRA-only
+  ``lit_model.pth``) is repaired as a one-folder migration: the plugin proposes
+  the actions ``migrate`` would, and ``ops/migrate.py`` plans, journals (in the
+  folder), applies, resumes and — with ``--undo`` — reverses them, all or nothing.
 
 The rules and their order (and the one place where regular expressions run)
 are in ``rename_rules.py``. A rule that matches no name, two tensors ending with
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckpt_tool.errors import NotFound, Refused, Unsupported, UsageError
+from ckpt_tool.errors import Conflict, NotFound, Refused, Unsupported, UsageError
 from ckpt_tool.model import CheckpointInfo, TensorInfo
 from ckpt_tool.ops.layouts import FilePlan, LayoutFiles
 from ckpt_tool.ops.rename_rules import (
@@ -356,6 +360,123 @@ class KeyRepair:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class FileRepair:
+    """What ``ckpt_repair_files`` returns: the folder (the journal's ROOT) and ``migrate.Action`` s inside it.
+
+    No actions: the files already have today's names (``notes`` says so).
+    """
+
+    root: Path
+    actions: list[Any]
+    notes: list[str] = field(default_factory=list)
+
+
+#: The words migrate's machinery uses in hints when ``rename --repair`` journaled the session.
+REPAIR_WORDS = {
+    "command": "rename --repair",
+    "apply": "ckpt-tool rename {root} --repair",
+    "undo": "ckpt-tool rename {root} --undo",
+    "noun": "repair",
+}
+
+
+def _ask_files(path: Path) -> FileRepair | None:
+    from ckpt_tool.io.container import Probe
+
+    return _plugin_manager().hook.ckpt_repair_files(path=path, probe=Probe())  # a fresh probe: no stale headers
+
+
+def _step_rows(steps: Sequence[Any], status: dict[int, str]) -> list[dict[str, Any]]:
+    return [
+        {"op": s.op, "path": s.src or s.dst, "to": s.dst if s.src else None, "reason": s.reason, "status": status.get(s.i, "")}
+        for s in steps
+    ]
+
+
+def _no_conflicts(exc: Any, path: Path) -> Conflict:
+    lines = "\n".join(f"  - {c}" for c in exc.conflicts)
+    return Conflict(
+        f"{path}: the repair plan has {len(exc.conflicts)} conflict(s); nothing was changed:\n{lines}",
+        "resolve them and run the command again",
+    )
+
+
+def repair_files(path: Path, first: FileRepair, *, dry_run: bool = False) -> dict[str, Any]:
+    """Run a plugin's file repair through migrate's journal in its folder (resuming an interrupted one first)."""
+    from ckpt_tool.ops import migrate as mig
+
+    started = time.perf_counter()
+    root = Path(os.path.abspath(first.root))
+    notes = list(first.notes)
+
+    def planner(at: Path) -> Any:
+        # asked again with the lock held, after any resume: the plan is made from the folder as it is now
+        again = _ask_files(path)
+        if again is None or Path(os.path.abspath(again.root)) != at:
+            raise Conflict(f"{path}: the folder changed while the repair was being planned", "run the command again")
+        notes[:] = again.notes
+        return mig.plan_actions(at, at, again.actions)
+
+    summary: dict[str, Any] = {"operation": "repair-files", "source": str(path), "root": str(root), "dry_run": dry_run}
+    try:
+        if dry_run:
+            plan = mig.plan(root, planner=planner)
+            if plan.conflicts:
+                raise mig.MigrateConflict(plan.conflicts, plan)
+            status = mig.step_states(plan) if plan.resuming else {s.i: "planned" for s in plan.steps}
+            steps, left, resumed, message = plan.steps, plan.left, plan.resuming, ""
+        else:
+            outcome = mig.apply(root, planner=planner, words=mig.Wording(**REPAIR_WORDS))
+            done = set(outcome.done)
+            status = {s.i: "done" if s.i in done else "" for s in outcome.plan.steps}
+            steps, left, resumed, message = outcome.plan.steps, outcome.plan.left, outcome.plan.resuming, outcome.message
+    except mig.MigrateConflict as exc:
+        raise _no_conflicts(exc, path) from None
+    if resumed:
+        notes = []  # the plugin looked at the half-repaired folder ("already has today's name"): not news
+    elif not steps and not notes:
+        notes.append("nothing to repair: the files already have today's names; nothing was changed")
+    summary.update(
+        {
+            "resumed": resumed,
+            "steps": _step_rows(steps, status),
+            "left": [{"path": x["path"], "reason": x["reason"]} for x in left],
+            "message": message,
+            "notes": notes,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+    return summary
+
+
+def undo_files(path: Path) -> dict[str, Any]:
+    """``rename PATH --undo``: reverse the repairs journaled in PATH's folder, all or nothing (migrate's undo)."""
+    from ckpt_tool.ops import migrate as mig
+
+    started = time.perf_counter()
+    if not os.path.lexists(path):
+        raise NotFound(f"{path}: no such file or directory", "check the path")
+    root = Path(os.path.abspath(path if path.is_dir() else path.parent))
+    outcome = mig.undo(root, words=mig.Wording(**REPAIR_WORDS))
+    done = set(outcome.done)
+    undone = []
+    for s in reversed([s for s in outcome.plan.steps if s.i in done]):
+        if s.op == mig.MOVE:
+            undone.append({"op": s.op, "path": s.dst, "to": s.src, "reason": "renamed back", "status": "undone"})
+        else:
+            undone.append({"op": s.op, "path": s.dst or s.src, "to": None, "reason": "removed", "status": "undone"})
+    return {
+        "operation": "undo",
+        "source": str(path),
+        "root": str(root),
+        "dry_run": False,
+        "steps": undone,
+        "message": outcome.message,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
 def _do(op: FileOp) -> str:
     """Run one step (module-level so crash tests can stop the sequence between steps)."""
     from ckpt_tool.io import dirops
@@ -508,10 +629,9 @@ def _run_keys(
         "outputs": [str(p) for p in target.all_paths(plan)],
         "changes": _changes(renames, names),
         "tensors": {
-            "tensors": counts["tensors"],
+            **engine.tensor_counts(report),
             "renamed": len(renames),
             "unchanged": counts["tensors"] - len(renames),
-            **{k: counts[k] for k in ("copied", "cast", "computed", "bytes")},
         },
     }
     if notes:
@@ -567,9 +687,18 @@ def repair(
     dry_run: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Restore keys damaged on disk (asks the format's plugin); in place unless ``out``. Returns the summary."""
+    """Restore keys damaged on disk, or misnamed files (asks the format's plugins); in place unless ``out``."""
     from ckpt_tool.ops.inspect import detect
 
+    files = _ask_files(path)
+    if files is not None:
+        given = [f for f, on in (("--out", out is not None), ("--force", force), ("--adapter", adapter is not None)) if on]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} do(es) not apply to a file repair",
+                "the misnamed file is renamed where it is (journaled; --undo reverses it)",
+            )
+        return repair_files(path, files, dry_run=dry_run)
     started = time.perf_counter()
     info = detect(path)
     result = _plugin_manager().hook.ckpt_repair_keys(source=info, adapter=adapter)
@@ -591,7 +720,7 @@ def repair(
                 "changes": [],
                 "checks": list(result.checks),
                 "notes": ["nothing to repair: no damaged key was found; nothing was written", *result.notes],
-                "tensors": {"tensors": len(info.tensors), "renamed": 0, "unchanged": len(info.tensors)},
+                "tensors": {"written": 0, "copied": 0, "cast": 0, "computed": 0, "bytes": 0, "renamed": 0, "unchanged": len(info.tensors)},
             }
         )
     else:
@@ -652,18 +781,23 @@ def rename(
     adapter: str | None = None,
     to: str | None = None,
     do_repair: bool = False,
+    do_undo: bool = False,
     out: Path | None = None,
     in_place: bool = False,
     force: bool = False,
     dry_run: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The ``rename`` command: check the option combination, then run one of the three operations."""
+    """The ``rename`` command: check the option combination, then run one of the operations."""
     path = Path(path)
     out = None if out is None else Path(out)
     map_file = None if map_file is None else Path(map_file)
     keys = bool(maps or regexes or map_file is not None or strip_prefix is not None or add_prefix is not None)
-    chosen = [name for name, on in (("key rules", keys), ("--to", to is not None), ("--repair", do_repair)) if on]
+    chosen = [
+        name
+        for name, on in (("key rules", keys), ("--to", to is not None), ("--repair", do_repair), ("--undo", do_undo))
+        if on
+    ]
     if len(chosen) > 1:
         raise UsageError(f"{' and '.join(chosen)} cannot be combined", "rename keys, rename an adapter or repair: one per run")
     if not chosen:
@@ -671,6 +805,12 @@ def rename(
             "nothing to do",
             "give key rules (--map, --map-file, --regex, --strip-prefix, --add-prefix), --adapter OLD --to NEW, or --repair",
         )
+    if do_undo:
+        extra = [f for f, on in (("--out", out is not None), ("--in-place", in_place), ("--force", force),
+                                 ("--dry-run", dry_run), ("--adapter", adapter is not None)) if on]
+        if extra:
+            raise UsageError(f"--undo cannot be combined with {', '.join(extra)}", "--undo takes only the path")
+        return undo_files(path)
     if out is not None and in_place:
         raise UsageError("--out and --in-place cannot be combined", "write a new checkpoint with --out, or rewrite the input with --in-place")
     if to is not None:
@@ -703,6 +843,7 @@ __all__ = [
     "rename",
     "AdapterRenamePlan",
     "FileOp",
+    "FileRepair",
     "KeyRepair",
     "SameFilesLayout",
     "apply_rules",
@@ -712,5 +853,7 @@ __all__ = [
     "rename_adapter",
     "rename_keys",
     "repair",
+    "repair_files",
+    "undo_files",
     "run_file_ops",
 ]

@@ -354,7 +354,7 @@ def _sink_summary(plan: TransformPlan, target: engine.Target, name: str) -> dict
     return {
         "path": str(sink.path),
         "layout": sink.layout,
-        "files": files,
+        "outputs": files,
         "tensors": len(outs),
         "bytes": sum(o.nbytes for o in outs),
     }
@@ -438,7 +438,7 @@ def split(
         assert out is not None
         plan = shard_plan(info, out, shard or DEFAULT_SHARD)
         labels = {OUT: "--out"}
-        summary.update({"mode": "shard", "to": "hf", "max_shard_size": 0 if shard == CONSOLIDATE else (shard or DEFAULT_SHARD)})
+        summary.update({"mode": "shard", "to": "hf", "max_shard_bytes": 0 if shard == CONSOLIDATE else (shard or DEFAULT_SHARD)})
     dropped = drop_tied(plan, info)
     refuse_outputs_in_inputs(plan, info, labels)
     target = engine.resolve(plan)
@@ -448,13 +448,13 @@ def split(
     c = report.counts
     summary.update({
         "outputs": [str(p) for p in target.all_paths(plan)],
-        "dtype": engine.dtype_summary(plan.outs()),
+        "output_dtypes": engine.dtype_summary(plan.outs()),
         "dry_run": dry_run,
-        "tensors": {k: c[k] for k in ("tensors", "copied", "cast", "computed", "bytes")},
+        "tensors": engine.tensor_counts(report),
     })
     if adapter_mode:
-        summary[BASE] = _sink_summary(plan, target, BASE)
-        summary[ADAPTER] = _sink_summary(plan, target, ADAPTER)
+        summary["base_out"] = _sink_summary(plan, target, BASE)
+        summary["adapter_out"] = _sink_summary(plan, target, ADAPTER)
         summary.update(plan.summary)
     else:
         summary["shards"] = sum(1 for sk in target.file_sinks if sk == OUT)

@@ -79,3 +79,10 @@ def ckpt_split_adapter(source: Any, options: Any) -> Any:
     from ckpt_tool_lit.split import plan_split
 
     return plan_split(source, options)
+
+
+@hookimpl
+def ckpt_repair_files(path: Path, probe: Any) -> Any:
+    from ckpt_tool_lit.migrate import repair_folder
+
+    return repair_folder(path, probe)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -399,10 +400,16 @@ def _name_warnings(file: Path, cls: str, metadata: dict[str, Any]) -> list[str]:
     if name == BASE_NAME and cls != FULL:
         metadata.setdefault("legacy_era", "LitGPT 2024-03-04 → 03-08 saved adapter weights as lit_model.pth")
         metadata["modern_name"] = modern
+    if name == BASE_NAME and cls != FULL and ITER_DIR.match(file.parent.name):
+        # the folder is legacy too: a file rename alone would strand it (rename --repair refuses it)
+        out.append(f"{name} holds only {_CLASS_TEXT[cls]} tensors: it is an adapter, not a model — {migrate}")
+    elif name == BASE_NAME and cls != FULL:
+        fix = f"ckpt-tool rename {shlex.quote(str(file.parent))} --repair"
+        metadata["repair_command"] = fix
         out.append(
             f"{name} holds only {_CLASS_TEXT[cls]} tensors: it is an adapter, not a model (LitGPT saved adapters "
-            f"under this name in March 2024). Rename it to {modern} ('ckpt-tool migrate' does this); today's "
-            "LitGPT would try to load it as a full model"
+            f"under this name in March 2024; today's LitGPT would try to load it as a full model). "
+            f"'{fix}' renames it to {modern} (journaled; --undo reverses it)"
         )
     elif name in SUFFIX_CLASS and SUFFIX_CLASS[name] != cls:
         out.append(f"'{name}' holds a {_CLASS_TEXT[cls]}, not what its name says; the content decides (rename it to {modern})")
@@ -661,7 +668,7 @@ def _lora_summary(
     lora: dict[str, Any] = {
         "r": r,
         "alpha": alpha,
-        "scale": (alpha / r) if (alpha is not None and r) else None,
+        "scales": [alpha / r] if (alpha is not None and r) else [],
         "dropout": dropout,
         "targets": targets,
         **flags,

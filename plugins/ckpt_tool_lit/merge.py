@@ -374,14 +374,14 @@ def plan_merge(adapter: CheckpointInfo, base: CheckpointInfo, options: MergeOpti
         "lora": {
             "r": r,
             "alpha": alpha,
-            "scaling": scaling,
+            "scales": [scaling],
+            "modules": len(merged),
+            "tensors": len(adapter_tensors),
             "query": enable[0],
             "key": enable[1],
             "value": enable[2],
             **flags,
         },
-        "modules_merged": len(merged),
-        "lora_tensors_dropped": len(adapter_tensors),
         "compute_dtype": DTYPE_NAMES.get(lora_dtype, lora_dtype),
         "base_wrapper": base.wrapper,
     }

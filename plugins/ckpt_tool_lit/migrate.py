@@ -92,6 +92,11 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
+ADAPTER_AS_MODEL = "{name} (March 2024: adapter weights under the full-model name)"
+MIGRATE_BY = "ckpt-tool migrate"
+KIND_TEXT = {LORA: "LoRA", ADAPTER: "adapter", ADAPTER_V2: "adapter v2"}
+REPAIR_BY = "ckpt-tool rename --repair"
+
 # defaults of the 2023 lit-gpt finetune/lora.py scripts (alpha is not in the weights)
 OLD_LORA_ALPHA = 16
 
@@ -144,6 +149,50 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
+def _classify(
+    path: Path, probe: Any, expected: str | None, origin: str, options: MigrateOptions, report: Any
+) -> _Weights | None:
+    """Classify ``path`` by its keys; ``report(path, why)`` and return None when it is not LitGPT weights."""
+    try:
+        c = probe.container(path)
+    except CkptError as exc:
+        report(path, f"cannot read ({exc.message}); left in place")
+        return None
+    keys = list(c.tensors)
+    if any(LIT_LLAMA_KEY_RE.search(k) for k in keys):
+        report(path, "lit-llama weights (another project); not moved")
+        return None
+    kind = classify(keys)
+    if kind == UNKNOWN:
+        report(path, "not a LitGPT state dict; left in place")
+        return None
+    why = f"{origin}; keys say {kind}"
+    if expected and kind != expected and not (expected == ADAPTER and kind == ADAPTER_V2):
+        why += f" (the name suggested {expected})"
+    if c.training_state:
+        why += ", with optimizer state"
+    w = _Weights(
+        path, WEIGHTS_NAME[kind], kind, why, keys=keys, shapes={k: t.shape for k, t in c.tensors.items()}
+    )
+    w.legacy_attn = any(".attn.attn." in k for k in keys)
+    if w.legacy_attn:
+        if not options.upgrade_attn:
+            w.reason += "; legacy fused attn.attn keys" + (
+                " (--upgrade-attn writes a converted copy)"
+                if kind in (FULL, ADAPTER_V2) and not c.training_state
+                else ""
+            )
+        elif kind not in (FULL, ADAPTER_V2):
+            w.reason += "; legacy attn.attn keys kept: converting LoRA needs the release that trained it (formats.md §2.4)"
+        elif c.training_state:
+            w.reason += (
+                "; legacy attn.attn keys kept: the optimizer state would need the same permutation"
+            )
+        else:
+            w.derive = True
+    return w
+
+
 def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> list[Action] | None:
     """The actions that migrate ``run_dir``, ``[]`` if it is LitGPT's and current, ``None`` if not LitGPT's."""
     rel_parts = run_dir.relative_to(root).parts if run_dir != root else ()
@@ -164,45 +213,7 @@ def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> l
         actions.append(Action(REPORT, src=path, reason=why))
 
     def weights(path: Path, expected: str | None, origin: str) -> _Weights | None:
-        """Classify ``path`` by its keys; report and return None when it is not LitGPT weights."""
-        try:
-            c = probe.container(path)
-        except CkptError as exc:
-            report(path, f"cannot read ({exc.message}); left in place")
-            return None
-        keys = list(c.tensors)
-        if any(LIT_LLAMA_KEY_RE.search(k) for k in keys):
-            report(path, "lit-llama weights (another project); not moved")
-            return None
-        kind = classify(keys)
-        if kind == UNKNOWN:
-            report(path, "not a LitGPT state dict; left in place")
-            return None
-        why = f"{origin}; keys say {kind}"
-        if expected and kind != expected and not (expected == ADAPTER and kind == ADAPTER_V2):
-            why += f" (the name suggested {expected})"
-        if c.training_state:
-            why += ", with optimizer state"
-        w = _Weights(
-            path, WEIGHTS_NAME[kind], kind, why, keys=keys, shapes={k: t.shape for k, t in c.tensors.items()}
-        )
-        w.legacy_attn = any(".attn.attn." in k for k in keys)
-        if w.legacy_attn:
-            if not options.upgrade_attn:
-                w.reason += "; legacy fused attn.attn keys" + (
-                    " (--upgrade-attn writes a converted copy)"
-                    if kind in (FULL, ADAPTER_V2) and not c.training_state
-                    else ""
-                )
-            elif kind not in (FULL, ADAPTER_V2):
-                w.reason += "; legacy attn.attn keys kept: converting LoRA needs the release that trained it (formats.md §2.4)"
-            elif c.training_state:
-                w.reason += (
-                    "; legacy attn.attn keys kept: the optimizer state would need the same permutation"
-                )
-            else:
-                w.derive = True
-        return w
+        return _classify(path, probe, expected, origin, options, report)
 
     def target(folder: Path, src_folder: Path, **kw: Any) -> _Target:
         t = targets.get(folder.name)
@@ -253,9 +264,7 @@ def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> l
             lit = True
             src = folder / "lit_model.pth"
             if _is_regular(src):
-                w = weights(
-                    src, None, f"{name}/lit_model.pth (March 2024: adapter weights under the full-model name)"
-                )
+                w = weights(src, None, ADAPTER_AS_MODEL.format(name=f"{name}/lit_model.pth"))
                 if w and w.kind != FULL:
                     target(folder, folder).weights.append(w)
             if not (folder / CONFIG_YAML).exists() and _is_regular(folder / CONFIG_JSON):
@@ -305,8 +314,9 @@ def propose(run_dir: Path, root: Path, probe: Any, options: MigrateOptions) -> l
     return None
 
 
-def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
-    """Moves, companions and records for one new (or fixed-up) checkpoint folder."""
+def _target_actions(run_dir: Path, t: _Target, report: Any, by: str = MIGRATE_BY) -> list[Action]:
+    """Moves, companions and records for one new (or fixed-up) checkpoint folder (``by``: the command, for
+    the files it writes)."""
     out: list[Action] = []
     folder, group = t.folder, t.folder
     converted = _converted_earlier(folder)
@@ -388,7 +398,7 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
                         report(yml, f"cannot convert ({exc}); {folder.name}/ gets no {CONFIG_YAML}")
                         break
                     text = (
-                        f"# converted from {os.path.relpath(yml, folder)} by ckpt-tool migrate\n"
+                        f"# converted from {os.path.relpath(yml, folder)} by {by}\n"
                         + dump_yaml(cfg)
                     )
                     out.append(
@@ -420,7 +430,7 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
                 except ValueError as exc:
                     report(js, f"cannot convert ({exc}); {folder.name}/ gets no {CONFIG_YAML}")
                     break
-                text = f"# converted from {os.path.relpath(js, folder)} by ckpt-tool migrate\n" + dump_yaml(
+                text = f"# converted from {os.path.relpath(js, folder)} by {by}\n" + dump_yaml(
                     cfg
                 )
                 what = ", ".join(changes) if changes else "no keys renamed"
@@ -455,10 +465,10 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
     if HPARAMS not in present:
         lora = [w for w in t.weights if w.kind == LORA]
         if lora:
-            text, note = lora_hparams(lora[0], cfg)
+            text, note = lora_hparams(lora[0], cfg, by)
             out.append(Action(WRITE, dst=folder / HPARAMS, data=text, reason=note, group=group))
 
-    record: dict[str, Any] = {"migrated_by": "ckpt-tool migrate", "files": {}}
+    record: dict[str, Any] = {"migrated_by": by, "files": {}}
     for w in t.weights:
         if t.config_only:
             continue
@@ -491,6 +501,76 @@ def _target_actions(run_dir: Path, t: _Target, report: Any) -> list[Action]:
             )
         )
     return out
+
+
+def repair_folder(path: Path, probe: Any) -> Any:
+    """``rename PATH --repair``: a folder whose ``lit_model.pth`` holds only adapter tensors, as migrate fixes it.
+
+    PATH is that ``lit_model.pth`` or its folder; the folder is the journal's ROOT
+    and nothing outside it is read or written. The actions are exactly migrate's
+    for a March 2024 ``final/`` (``_target_actions``): the file is renamed to
+    today's name (``lit_model.pth.lora``, ``.adapter``, ``.adapter_v2`` — the keys
+    decide), a missing ``model_config.yaml`` is converted from ``lit_config.json``,
+    a LoRA folder without ``hyperparameters.yaml`` gets one (r from the shapes,
+    alpha assumed and marked), an existing one is left as it is (even without
+    LoRA keys), and ``migration.json`` records the original name. Companion files
+    in the parent run directory are not copied (``migrate`` on the run does that).
+
+    Returns ``None`` when PATH is not a LitGPT weights folder, a ``FileRepair``
+    with no actions when today's name is already in place, and raises
+    ``Refused`` for a file that is not adapter-only (a full or merged model), a
+    symlink, a folder where today's name already exists, or a March 2024
+    ``iter-N/`` folder (migrate renames the folder too; half of that would strand it).
+    """
+    from ckpt_tool.ops.rename import FileRepair
+
+    folder = path if path.is_dir() else path.parent  # a folder given as a symlink is followed (as migrate's ROOT)
+    if not path.is_dir():
+        if path.name not in WEIGHT_NAMES:
+            return None
+        if path.is_symlink():
+            raise Refused(
+                f"{path} is a symlink (to {os.readlink(path)}); rename --repair never follows or moves one",
+                "run it on the folder that holds the real file",
+            )
+    src = folder / WEIGHTS_NAME[FULL]
+    if src.is_symlink():
+        raise Refused(
+            f"{src} is a symlink (to {os.readlink(src)}); rename --repair never follows or moves one",
+            "run it on the folder that holds the real file",
+        )
+    if ITER_DIR_RE.match(folder.name) and _is_regular(src):
+        raise Refused(
+            f"{folder} is a March 2024 intermediate folder (iter-N counted micro-batch iterations); renaming only "
+            "its weights would leave it half migrated",
+            f"run 'ckpt-tool migrate {folder.parent}' (it becomes step-N/ with the file renamed; --apply, --undo)",
+        )
+    if not _is_regular(src):
+        current = [n for n in sorted(WEIGHT_NAMES) if _is_regular(folder / n)]
+        return FileRepair(folder, [], [f"{current[0]} already has today's name; nothing to repair"]) if current else None
+    reports: list[Action] = []
+
+    def report(where: Path, why: str) -> None:
+        reports.append(Action(REPORT, src=where, reason=why))
+
+    probe.container(src)  # a damaged or hostile file fails here with its own error (exit 4), not as a refusal
+    w = _classify(src, probe, None, ADAPTER_AS_MODEL.format(name=src.name), MigrateOptions(), report)
+    if w is None:
+        raise Refused(f"{src}: {reports[0].reason}", "rename --repair only renames LitGPT adapter weights")
+    if w.kind == FULL:
+        raise Refused(
+            f"{src} holds a full model (base, full fine-tune or merged LoRA), not only adapter tensors; "
+            "its name is right and nothing is renamed"
+        )
+    dst = folder / w.dst_name
+    if os.path.lexists(dst):
+        raise Refused(
+            f"{src} holds only {KIND_TEXT.get(w.kind, w.kind)} tensors, but {dst.name} already exists beside it; "
+            "it is never overwritten",
+            f"compare the two files ('ckpt-tool diff {src} {dst}') and move away the one you do not need",
+        )
+    actions = _target_actions(folder, _Target(folder, folder, weights=[w]), report, by=REPAIR_BY)
+    return FileRepair(folder, actions + reports)
 
 
 def _converted_earlier(folder: Path) -> dict[str, str]:
@@ -638,7 +718,7 @@ def convert_config(old: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return new, changes
 
 
-def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
+def lora_hparams(w: _Weights, cfg: dict[str, Any] | None, by: str = MIGRATE_BY) -> tuple[str, str]:
     """A ``hyperparameters.yaml`` for a LoRA run that had none: r from the shapes, alpha assumed.
 
     Every assumed setting is also recorded machine-readably, in a ``# ckpt-tool-assumed: lora_alpha ...``
@@ -695,7 +775,7 @@ def lora_hparams(w: _Weights, cfg: dict[str, Any] | None) -> tuple[str, str]:
         for n in chosen:
             flags[f"lora_{n}"] = True
     lines = [
-        "# Written by ckpt-tool migrate: this LoRA run had no hyperparameters.yaml.",
+        f"# Written by {by}: this LoRA run had no hyperparameters.yaml.",
         "# lora_r and the targets come from the tensor shapes.",
         *[f"# ASSUMED: {a}" for a in assumed],
         "# checkpoint_dir (the base model) is unknown: add it, or pass the base explicitly when merging.",

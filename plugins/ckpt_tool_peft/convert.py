@@ -193,13 +193,13 @@ def from_hub(view: HubView, layout: str, options: Any) -> HubResult | None:
         SideFile("README.md", data=_model_card(cfg, view)),
     ]
     summary = {
-        "peft": {
+        "lora": {
             "r": cfg["r"],
-            "lora_alpha": cfg["lora_alpha"],
-            "target_modules": cfg.get("target_modules"),
+            "alpha": cfg["lora_alpha"],
+            "targets": cfg.get("target_modules"),
             "rank_pattern": cfg.get("rank_pattern") or {},
             "alpha_pattern": cfg.get("alpha_pattern") or {},
-            "base_model_name_or_path": cfg.get("base_model_name_or_path"),
-        }
+        },
+        "base_model_name_or_path": cfg.get("base_model_name_or_path"),
     }
     return HubResult(steps, side, {}, summary)

@@ -1,0 +1,1 @@
+"""JSON Schemas shipped with ckpt-tool: ``output.schema.json`` describes every ``--json`` document."""
