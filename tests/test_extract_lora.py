@@ -60,6 +60,17 @@ def _pair(tmp_path: Path, change: dict[str, torch.Tensor] | None = None, dtype: 
     return _write(tmp_path / "base", base), _write(tmp_path / "ft", ft)
 
 
+def _valid(doc: dict) -> dict:
+    """The document is valid against the published schema of ``split`` (``additionalProperties: false``)."""
+    from importlib import resources
+
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads((resources.files("ckpt_tool.schemas") / "output.schema.json").read_text())
+    Draft202012Validator({"$schema": schema["$schema"], "$defs": schema["$defs"], "$ref": "#/$defs/split"}).validate(doc)
+    return doc
+
+
 def _optimum(d: torch.Tensor, r: int) -> tuple[float, float]:
     """(optimal ||D - D_r||_F, retained energy) from an independent fp64 SVD."""
     s = torch.linalg.svdvals(d.double())
@@ -116,7 +127,7 @@ def test_extracts_changed_linears_only(tmp_path, cli):
     out = tmp_path / "out"
     res = cli("split", ft, "--extract-lora", "--base", base, "--rank", "3", "--out", out, "--json")
     assert res.code == 0, res.stderr
-    s = json.loads(res.stdout)
+    s = _valid(json.loads(res.stdout))
     assert names(out) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
     sd = load_file(out / "adapter_model.safetensors")
     changed = [f"model.layers.{i}.{m}" for i in range(2) for m in ("mlp.down_proj", "self_attn.q_proj")]
@@ -188,7 +199,8 @@ def test_rank_larger_than_a_module_is_clamped_exactly(tmp_path, cli):
     d = load_file(ft / "model.safetensors")[k].double() - load_file(base / "model.safetensors")[k].double()
     assert float((d - b @ a).norm()) <= 1e-6 * float(d.norm())  # full rank: exact
     assert sd["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"].shape == (12, INTER)
-    assert any("full rank" in n for n in json.loads(res.stdout)["notes"])
+    doc = _valid(json.loads(res.stdout))
+    assert any("full rank" in n for n in doc["notes"]) and doc["adapter_config"]["rank_pattern"] == {"k_proj": KV}
 
 
 def test_targets_and_dry_run(tmp_path, cli):
@@ -197,7 +209,7 @@ def test_targets_and_dry_run(tmp_path, cli):
     res = cli("split", ft, "--extract-lora", "--base", base, "--rank", "2", "--out", out, "--targets", "q_proj",
               "--targets", "lm_head", "--dry-run", "--json")
     assert res.code == 0, res.stderr
-    s = json.loads(res.stdout)
+    s = _valid(json.loads(res.stdout))
     assert not out.exists() and s["dry_run"]
     assert [m["module"] for m in s["modules"]] == ["lm_head", "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
     assert "energy" not in s["modules"][0]  # nothing computed in a dry run

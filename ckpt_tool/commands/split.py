@@ -59,7 +59,7 @@ def _human(s: dict[str, Any]) -> str:
 def _extracted(s: dict[str, Any]) -> str:
     """The per-module table of ``--extract-lora`` and the lines around it."""
     dry = s.get("dry_run")
-    lora = s.get("lora") or {}
+    lora = s.get("adapter_config") or {}
     head = "would extract" if dry else "extracted"
     lines = [
         f"{head} a rank-{s['rank']} PEFT LoRA adapter from {s['source']} against the base {s['base']}"
@@ -75,7 +75,7 @@ def _extracted(s: dict[str, Any]) -> str:
     lines.append(render.table(rows, ["module", "shape", "rank", "energy kept", "rel. error", "optimum"]))
     t = s.get("tensors", {})
     if not dry:
-        lines.append(f"  {t.get('tensors', 0)} tensors, {render.human_bytes(t.get('bytes', 0))}, {s.get('seconds', 0):.2f} s")
+        lines.append(f"  {t.get('written', 0)} tensors, {render.human_bytes(t.get('bytes', 0))}, {s.get('seconds', 0):.2f} s")
     verb = "would write" if dry else "wrote"
     lines.extend(f"  {verb} {p}" for p in s.get("outputs", []))
     lines.extend(f"  note: {n}" for n in s.get("notes", []))

@@ -376,7 +376,17 @@ def plan_extraction(
         "modules": len(modules), "factor_dtype": FACTOR_DTYPE, "method": "fp64 Gram eigendecomposition, B=U_R*S_R, A=Vh_R",
     }}
     notes, warnings = _messages(modules, unchanged, left, rank, targets)
-    return Extraction(plan, modules, unchanged, left, notes, warnings, result.summary.get("peft", {}))
+    return Extraction(plan, modules, unchanged, left, notes, warnings, _written_config(result.side_files))
+
+
+def _written_config(side_files: Sequence[Any]) -> dict[str, Any]:
+    """The ``adapter_config.json`` the peft layout will write (what the summary reports is what is on disk)."""
+    import json
+
+    for f in side_files:
+        if f.name == "adapter_config.json" and f.data is not None:
+            return dict(json.loads(f.data))
+    raise Unsupported("the peft layout writes no adapter_config.json (plugin bug)")
 
 
 def _task_type(base: CheckpointInfo) -> str | None:
@@ -460,18 +470,19 @@ def extract(
         refuse_outputs_in_inputs(ex.plan, info, {OUT: "--out"})
     target = engine.resolve(ex.plan)
     report = _execute(ex.plan, target, force, dry_run, progress)
-    c = report.counts
     summary: dict[str, Any] = {
         "source": str(src), "source_format": ft_info.format, "kind": ft_info.kind, "mode": "extract-lora",
-        "base": str(base), "to": "peft", "rank": r, "dry_run": dry_run,
-        "lora": {k: ex.config.get(k) for k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern",
-                                                 "base_model_name_or_path")} | {"use_rslora": False, "scale": 1.0},
+        "base": str(base), "to": "peft", "rank": r,
+        "adapter_config": {k: ex.config.get(k) for k in ("r", "lora_alpha", "rank_pattern", "alpha_pattern",
+                                                           "base_model_name_or_path")} | {"use_rslora": False},
         "factor_dtype": "float32",
         "modules": table_rows(ex.modules),
         "unchanged": ex.unchanged,
         "not_represented": ex.not_represented,
         "outputs": [str(p) for p in target.all_paths(ex.plan)],
-        "tensors": {k: c[k] for k in ("tensors", "computed", "bytes")},
+        "output_dtypes": engine.dtype_summary(ex.plan.outs()),
+        "dry_run": dry_run,
+        "tensors": engine.tensor_counts(report),
     }
     if ex.notes:
         summary["notes"] = ex.notes
