@@ -86,19 +86,19 @@ def _extracted(s: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("split", no_args_is_help=True)
     def split_cmd(
-        src: Annotated[Path, typer.Argument(help="The checkpoint: a LitGPT LoRA model or PEFT model saved whole (with --base-out/--adapter-out), or any model (with --out).")],
+        src: Annotated[Path, typer.Argument(help="The checkpoint: a LitGPT LoRA model or PEFT model saved whole (with --base-out/--adapter-out), or any model (with --out), or a full fine-tune (with --extract-lora).")],
         base_out: Annotated[Path | None, typer.Option("--base-out", help="Write the clean base model here (a directory).")] = None,
         adapter_out: Annotated[Path | None, typer.Option("--adapter-out", help="Write the adapter here (a directory), in its own convention.")] = None,
-        out: Annotated[Path | None, typer.Option("--out", help="Shard or consolidate the model into this directory (model-0000i-of-0000K.safetensors + index).")] = None,
+        out: Annotated[Path | None, typer.Option("--out", help="Shard or consolidate the model into this directory (model-0000i-of-0000K.safetensors + index); with --extract-lora, the adapter directory.")] = None,
         max_shard_size: Annotated[str | None, typer.Option("--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB, 2GiB; 0 writes one model.safetensors. Default 5GB.")] = None,
         lora_alpha: Annotated[str | None, typer.Option("--lora-alpha", help="The LoRA alpha the adapter was trained with, when no config beside the input records it.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Overwrite existing output files.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and list the outputs; write nothing.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
         extract_lora: Annotated[bool, typer.Option("--extract-lora", help="Extract a PEFT LoRA adapter from a full fine-tune (with --base, --rank, --out).")] = False,
-        base: Annotated[Path | None, typer.Option("--base", help="--extract-lora: the base model the fine-tune was trained from.")] = None,
-        rank: Annotated[str | None, typer.Option("--rank", help="--extract-lora: the LoRA rank R (clamped to each module's smaller side).")] = None,
-        targets: Annotated[list[str] | None, typer.Option("--targets", help="--extract-lora: module glob to extract (repeatable; q_proj, 'mlp.*', lm_head). Default: every changed Linear except the output head.")] = None,
+        base: Annotated[Path | None, typer.Option("--base", metavar="BASE", help="--extract-lora: the base model the fine-tune was trained from.")] = None,
+        rank: Annotated[str | None, typer.Option("--rank", metavar="R", help="--extract-lora: the LoRA rank R (clamped to each module's smaller side).")] = None,
+        targets: Annotated[list[str] | None, typer.Option("--targets", metavar="GLOB", help="--extract-lora: module glob to extract (repeatable; q_proj, 'mlp.*', lm_head). Default: every changed Linear except the output head.")] = None,
     ) -> None:
         """Split a checkpoint by byte copies: LoRA tensors from their base, or a model into shards.
 
