@@ -130,6 +130,21 @@ def test_unchanged_tensors_are_copied_and_only_fused_ones_computed(tmp_path: Pat
     assert (tmp_path / "o.pth").read_bytes() == (tmp_path / "again.pth").read_bytes()
 
 
+def test_write_into_takes_one_torch_file_and_nothing_beside_it(tmp_path: Path) -> None:
+    """A directory layout would bring a provenance file; a safetensors sink another container: plugin bugs."""
+    from ckpt_tool.errors import Unsupported
+    from ckpt_tool.ops.transform import Sink
+
+    src = tmp_path / "lit_model.pth"
+    torch.save(_state(torch.float32), src)
+    for sink in (Sink("lit", tmp_path / "dir"), Sink("safetensors", tmp_path / "o.safetensors")):
+        plan = upgrade_attn_plan(src, tmp_path / "o.pth", dict(GQA))
+        plan.sinks["out"] = sink
+        with open(tmp_path / "o.pth", "wb") as fh, pytest.raises(Unsupported, match="one torch file"):
+            write_into(plan, fh)
+        assert os.path.getsize(tmp_path / "o.pth") == 0
+
+
 def test_reads_and_writes_through_descriptor_links(tmp_path: Path) -> None:
     """As migrate calls it: /proc/self/fd paths of a source it opened and a temp file it owns. The source is
     unlinked meanwhile and a decoy made under the name its link now reads ("... (deleted)"): the file

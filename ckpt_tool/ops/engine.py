@@ -13,7 +13,9 @@ Every tensor-rewriting command (merge, convert, split, rename) builds a plan
 * every output file is a temp file in its destination directory until the last
   tensor is written; then the weights files are published (fsync, rename), then
   the layout's index, then the side files (configs, tokenizer). A failure
-  anywhere — bad input, a full disk, Ctrl-C — publishes nothing.
+  anywhere — bad input, a full disk, Ctrl-C — publishes nothing. The exception is
+  ``write_into``: one file into a descriptor the caller owns and publishes itself
+  (``migrate --upgrade-attn``, whose journal records the temp file's sha256).
 
 Peak memory is the interpreter plus a few times the largest step's tensors,
 whatever the model size.
@@ -473,7 +475,7 @@ def _stream(plan: TransformPlan, target: Target, writers: Sequence[Any], counts:
 
 
 def write_into(plan: TransformPlan, fh: IO[bytes]) -> Report:
-    """Run a plan of exactly one weights file into ``fh``, an open file the caller owns and publishes.
+    """Run a plan of exactly one torch weights file into ``fh``, an open file the caller owns and publishes.
 
     For callers that manage the output's whole life themselves: ``migrate``'s converters write into the
     temp file migrate created, whose sha256 it journals, fsyncs and ``link()``s into place. So there is
@@ -483,22 +485,17 @@ def write_into(plan: TransformPlan, fh: IO[bytes]) -> Report:
     ``/proc/self/fd`` link, a temp name) is not the name the file is published under.
 
     Raises:
-        Unsupported: the plan writes more than one file, or an index or side file (a plugin bug).
+        Unsupported: the plan writes another container, more than one file, or an index or side file
+            (a plugin bug).
     """
-    from ckpt_tool.io.writers import SafetensorsWriter, TensorSpec, TorchZipWriter
+    from ckpt_tool.io.writers import TensorSpec, TorchZipWriter
 
     target = resolve(plan)
-    if len(target.files) != 1 or target.side(plan):
-        raise Unsupported("write_into writes one weights file and nothing beside it (plugin bug)")
+    if len(target.files) != 1 or target.files[0].container != "torch" or target.side(plan):
+        raise Unsupported("write_into writes one torch file and nothing beside it (plugin bug)")
     fp, sink = target.files[0], target.file_sinks[0]
     specs = [TensorSpec(n, target.outs[(sink, n)].dtype, target.outs[(sink, n)].shape) for n in fp.names]
-    writer: Any
-    if fp.container == "torch":
-        writer = TorchZipWriter(fh, specs, wrapper=fp.wrapper, extras=fp.extras)
-    elif fp.container == "safetensors":
-        writer = SafetensorsWriter(fh, specs, fp.metadata)
-    else:
-        raise Unsupported(f"unknown container {fp.container!r} for {fp.path} (plugin bug)")
+    writer = TorchZipWriter(fh, specs, wrapper=fp.wrapper, extras=fp.extras)
     counts = {"steps": len(plan.steps), "tensors": len(specs), "bytes": sum(s.nbytes for s in specs),
               "copied": 0, "cast": 0, "computed": 0}
     _stream(plan, target, [writer], counts, Progress(0, "", False))
