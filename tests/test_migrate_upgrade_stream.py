@@ -219,6 +219,9 @@ def test_migrate_reports_a_refused_conversion_and_the_tree_stays_valid(tmp_path:
     doc = json.loads(res.stdout)
     assert doc["error"]["exit_code"] == 6
     assert "besides the weights" in res.stdout and "refused" in res.stdout
+    # the converter saw /proc/self/fd links; the message names the file the user knows
+    assert "2023-09/lit_model_finetuned.pth: holds 1 tensor(s) besides the weights" in res.stdout
+    assert "/proc/self/fd" not in res.stdout + res.stderr
     assert "internal error" not in res.stderr and "Traceback" not in res.stderr
     assert src.read_bytes() and h.snapshot(root)["2023-09/lit_model_finetuned.pth"] == before["2023-09/lit_model_finetuned.pth"]
     assert not (root / "2023-09/final/lit_model.pth").exists()
