@@ -237,8 +237,13 @@ def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks:
     return param
 
 
-def _torch_size(*args: Any) -> tuple[int, ...]:
-    return tuple(args[0]) if args else ()
+class TorchSize(tuple):  # type: ignore[type-arg]
+    """Stand-in for a ``torch.Size`` value: a tuple, but not a plain one (a writer re-pickling top-level
+    entries must not turn it into a tuple, ``writers.is_plain``)."""
+
+
+def _torch_size(*args: Any) -> TorchSize:
+    return TorchSize(args[0]) if args else TorchSize()
 
 
 def _ordered_dict(*args: Any) -> collections.OrderedDict[Any, Any]:

@@ -13,7 +13,9 @@ Every tensor-rewriting command (merge, convert, split, rename) builds a plan
 * every output file is a temp file in its destination directory until the last
   tensor is written; then the weights files are published (fsync, rename), then
   the layout's index, then the side files (configs, tokenizer). A failure
-  anywhere — bad input, a full disk, Ctrl-C — publishes nothing.
+  anywhere — bad input, a full disk, Ctrl-C — publishes nothing. The exception is
+  ``write_into``: one file into a descriptor the caller owns and publishes itself
+  (``migrate --upgrade-attn``, whose journal records the temp file's sha256).
 
 Peak memory is the interpreter plus a few times the largest step's tensors,
 whatever the model size.
@@ -32,7 +34,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ckpt_tool.errors import Refused, Unsupported, from_os_error
 from ckpt_tool.io import provenance
@@ -377,7 +379,7 @@ def _open_writer(stack: contextlib.ExitStack, fp: FilePlan, sink: str, outs: dic
     if fp.container == "safetensors":
         return stack.enter_context(open_safetensors(fp.path, specs, fp.metadata))
     if fp.container == "torch":
-        return stack.enter_context(open_torch(fp.path, specs, wrapper=fp.wrapper))
+        return stack.enter_context(open_torch(fp.path, specs, wrapper=fp.wrapper, extras=fp.extras))
     raise Unsupported(f"unknown container {fp.container!r} for {fp.path} (plugin bug)")
 
 
@@ -426,6 +428,31 @@ def execute(
     cleaned = [p for d in sorted({p.parent for p in target.all_paths(plan)}) if d.is_dir() for p in clean_stale_temps(d)]
     report.removed_temps = [str(p) for p in cleaned]
     fill_provenance(plan, target, label)
+    bar = Progress(total, label, progress)
+    try:
+        with contextlib.ExitStack() as stack:
+            # Entered in reverse publishing order: the stack publishes LIFO, so weights first, then
+            # the index, then side files; an exception anywhere discards every temp file.
+            for dst, s in reversed(side):
+                _write_side(stack, dst, s)
+            writers = [_open_writer(stack, fp, sk, target.outs) for fp, sk in zip(target.files, target.file_sinks)]
+            _stream(plan, target, writers, counts, bar)
+    finally:
+        bar.close()
+    for f in stale:  # only reached with --force: files a loader could pick instead of the new output
+        f.unlink(missing_ok=True)
+    if stale:
+        report.counts["removed_stale"] = len(stale)
+        report.files += [f"removed {p}" for p in stale]
+    return report
+
+
+def _stream(plan: TransformPlan, target: Target, writers: Sequence[Any], counts: dict[str, int], bar: Progress) -> None:
+    """Run every step of ``plan`` into the open ``writers`` (the engine's one writer loop).
+
+    Inputs are read through private maps, unchanged tensors copied file to file, computed ones handed to
+    the bounded write-behind thread; an exception stops the writer thread before it propagates.
+    """
     release_large_blocks()
     index = {(role, t.name): t for role, info in plan.inputs.items() for t in info.tensors}
     reader = TensorReader()
@@ -443,34 +470,49 @@ def execute(
         return fds[path]
 
     largest = max((max((o.nbytes for o in s.outs), default=0) for s in plan.steps), default=0)
-    bar = Progress(total, label, progress)
+    behind = WriteBehind(limit=max(1, min(largest, WRITE_BEHIND_BYTES)))
     try:
-        with contextlib.ExitStack() as stack:
-            # Entered in reverse publishing order: the stack publishes LIFO, so weights first, then
-            # the index, then side files; an exception anywhere discards every temp file.
-            for dst, s in reversed(side):
-                _write_side(stack, dst, s)
-            writers = [_open_writer(stack, fp, sk, target.outs) for fp, sk in zip(target.files, target.file_sinks)]
-            behind = WriteBehind(limit=max(1, min(largest, WRITE_BEHIND_BYTES)))
-            try:
-                for step in plan.steps:
-                    _run(step, target, writers, behind, reader, index, load, fd_for, counts)
-                    bar.advance(sum(o.nbytes for o in step.outs))
-                behind.finish()
-            except BaseException:
-                behind.abort()
-                raise
+        try:
+            for step in plan.steps:
+                _run(step, target, writers, behind, reader, index, load, fd_for, counts)
+                bar.advance(sum(o.nbytes for o in step.outs))
+            behind.finish()
+        except BaseException:
+            behind.abort()
+            raise
     finally:
-        bar.close()
         for fd in fds.values():
             os.close(fd)
         reader.close()
-    for f in stale:  # only reached with --force: files a loader could pick instead of the new output
-        f.unlink(missing_ok=True)
-    if stale:
-        report.counts["removed_stale"] = len(stale)
-        report.files += [f"removed {p}" for p in stale]
-    return report
+
+
+def write_into(plan: TransformPlan, fh: IO[bytes]) -> Report:
+    """Run a plan of exactly one torch weights file into ``fh``, an open file the caller owns and publishes.
+
+    For callers that manage the output's whole life themselves: ``migrate``'s converters write into the
+    temp file migrate created, whose sha256 it journals, fsyncs and ``link()``s into place. So there is
+    no temp file, rename, output check, provenance record or side file of the engine's own here, and
+    nothing is fsynced; the steps run exactly as in ``execute``. A torch zip gets the top folder
+    ``torch.save`` gives an open file object ("archive"): the path the caller hands out (a
+    ``/proc/self/fd`` link, a temp name) is not the name the file is published under.
+
+    Raises:
+        Unsupported: the plan writes another container, more than one file, or an index or side file
+            (a plugin bug).
+    """
+    from ckpt_tool.io.writers import TensorSpec, TorchZipWriter
+
+    target = resolve(plan)
+    if len(target.files) != 1 or target.files[0].container != "torch" or target.side(plan):
+        raise Unsupported("write_into writes one torch file and nothing beside it (plugin bug)")
+    fp, sink = target.files[0], target.file_sinks[0]
+    specs = [TensorSpec(n, target.outs[(sink, n)].dtype, target.outs[(sink, n)].shape) for n in fp.names]
+    writer = TorchZipWriter(fh, specs, wrapper=fp.wrapper, extras=fp.extras)
+    counts = {"steps": len(plan.steps), "tensors": len(specs), "bytes": sum(s.nbytes for s in specs),
+              "copied": 0, "cast": 0, "computed": 0}
+    _stream(plan, target, [writer], counts, Progress(0, "", False))
+    writer.check_complete()
+    return Report(files=[str(fp.path)], counts=counts)
 
 
 def _run(

@@ -100,7 +100,7 @@ class SideFile:
 class Sink:
     """One output checkpoint: a registered layout ("lit", "hf", "peft", "safetensors", "torch"), where, how.
 
-    ``options`` are the layout's own (``max_shard_size``, ``wrapper``, ``metadata``,
+    ``options`` are the layout's own (``max_shard_size``, ``wrapper``, ``extras``, ``metadata``,
     ``weights_name``); ``side_files`` (configs, tokenizer files) are published
     only after every weights file and index is in place.
     """
