@@ -179,7 +179,7 @@ def _files_human(s: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("rename", no_args_is_help=True)
     def rename_cmd(
-        path: Annotated[Path, typer.Argument(help="A safetensors or torch file, a sharded Hugging Face directory, a PEFT adapter directory, or a LitGPT checkpoint folder (--repair, --undo).")],
+        path: Annotated[Path, typer.Argument(metavar="PATH", help="A safetensors or torch file, a sharded Hugging Face directory, a PEFT adapter directory, or a LitGPT checkpoint folder (--repair, --undo).")],
         maps: Annotated[list[str] | None, typer.Option("--map", metavar="OLD=NEW", help="Rename one tensor (exact name; repeatable).")] = None,
         regexes: Annotated[list[str] | None, typer.Option("--regex", metavar="PATTERN=REPLACEMENT", help="Rename every name the Python regex matches as a whole (re.fullmatch; \\1, \\g<name> in the replacement; repeatable, applied in order).")] = None,
         strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", metavar="P", help="Remove P from the start of the names that have it.")] = None,
