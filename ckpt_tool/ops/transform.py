@@ -32,6 +32,7 @@ composition rules (``compose``) to chain one plugin's steps into another's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,10 +86,27 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Same:
+    """Reads ``a`` and ``b`` (indices into ``Step.reads``) must hold the same bits, or the step is refused
+    with ``message`` / ``hint`` (a tied head that must equal the embeddings it is dropped for)."""
+
+    a: int
+    b: int
+    message: str
+    hint: str = ""
+
+    def refuse(self) -> Exception:
+        from ckpt_tool.errors import Refused
+
+        return Refused(self.message, self.hint)
+
+
+@dataclass(frozen=True)
 class Step:
     """N reads → M outputs. ``why`` is shown by ``--dry-run`` and in errors ("qkv fused from q/k/v").
 
-    ``segments``: one tuple per output, the element ranges it concatenates (no ``compute``).
+    ``segments``: one tuple per output, the element ranges it concatenates (no ``compute``);
+    ``same``: reads checked bit-equal before anything is written (segment steps only).
     """
 
     outs: tuple[Out, ...]
@@ -96,8 +114,11 @@ class Step:
     compute: Compute | None = None
     why: str = ""
     segments: tuple[tuple[Segment, ...], ...] | None = None
+    same: tuple[Same, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.same and (self.segments is None or any(not 0 <= i < len(self.reads) for c in self.same for i in (c.a, c.b))):
+            raise ValueError("a bit-equality check belongs to a segment step and names two of its reads")
         if self.segments is not None:
             if self.compute is not None or len(self.segments) != len(self.outs):
                 raise ValueError("a segment step has no compute and one segment list per output")
@@ -204,6 +225,11 @@ def run_step(step: Step, tensors: Sequence[torch.Tensor], load: Load) -> list[to
     from ckpt_tool.io.tensors import dtype_name, torch_dtype
 
     if step.segments is not None:
+        from ckpt_tool.io.tensors import same_bits
+
+        for check in step.same:
+            if not same_bits(tensors[check.a], tensors[check.b]):
+                raise check.refuse()
         results = _assemble(step, tensors)
     elif step.compute is None:
         (t,) = tensors
@@ -353,11 +379,29 @@ def _rearranged(prods: list[Step], cons: list[Step], via: str) -> Step | None:
             reads.append(r)
         return index[r]
 
+    def whole(r: Read) -> int | None:
+        """The original read a check on ``r`` compares: ``r`` itself, or what a hub copy of a whole read copies."""
+        if r.input != via:
+            return read_index(r)
+        p, i = made[r.name]
+        segs = (segments_of(p) or ())[i]
+        if len(segs) != 1 or segs[0].start or segs[0].count != _numel(p.outs[i].shape) or p.same:
+            return None
+        return read_index(p.reads[segs[0].read])
+
+    same: list[Same] = [
+        dataclasses.replace(c, a=read_index(p.reads[c.a]), b=read_index(p.reads[c.b])) for p in prods for c in p.same
+    ]
     segments: list[tuple[Segment, ...]] = []
     for c in cons:
         csegs = segments_of(c)
         if csegs is None:
             return None
+        for check in c.same:
+            a, b = whole(c.reads[check.a]), whole(c.reads[check.b])
+            if a is None or b is None:
+                return None
+            same.append(dataclasses.replace(check, a=a, b=b))
         for out, segs in zip(c.outs, csegs):
             parts: list[Segment] = []
             for seg in segs:
@@ -372,7 +416,7 @@ def _rearranged(prods: list[Step], cons: list[Step], via: str) -> Step | None:
             segments.append(tuple(parts))
     outs = tuple(o for c in cons for o in c.outs)
     why = "; ".join(dict.fromkeys(s.why for s in (*prods, *cons) if s.why))
-    return Step(outs, tuple(reads), None, why, tuple(segments))
+    return Step(outs, tuple(reads), None, why, tuple(segments), tuple(same))
 
 
 def _slice(segs: Sequence[Segment], start: int, count: int, read: Callable[[int], int]) -> list[Segment]:

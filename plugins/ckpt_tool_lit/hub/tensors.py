@@ -27,13 +27,12 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import InvalidFile, Refused, Unsupported
+from ckpt_tool.errors import InvalidFile, Unsupported
 from ckpt_tool.io.tensors import is_float
 from ckpt_tool.model import TensorInfo
-from ckpt_tool.ops.transform import Compute, Out, Read, Segment, Step, copy_step, row_segments
+from ckpt_tool.ops.transform import Compute, Out, Read, Same, Segment, Step, copy_step, row_segments
 from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.hub.model_config import Shape
 
@@ -85,6 +84,7 @@ class Rows:
     """
 
     outs: tuple[tuple[tuple[int, int, int], ...], ...]
+    same: tuple[Same, ...] = ()  # reads that must hold the same bits (a tied head and its embeddings)
 
     @classmethod
     def split(cls, sizes: Sequence[int]) -> Rows:
@@ -163,10 +163,20 @@ def units(c: LitModel, layout: Layout, tied: bool, hf_names: Iterable[str] = (),
     if not tied:
         yield Unit(((WTE, emb),), ((layout.embed, emb),))
     elif layout.head in set(hf_names):
-        check = partial(_tied_to_lit, (layout.embed, layout.head))
-        yield Unit(lit_pair, ((layout.embed, emb), (layout.head, emb)), None, check, "tied head stored too (checked)")
+        same = Same(
+            0, 1, f"{layout.head} differs from {layout.embed}, but config.json ties the output head to the embeddings "
+            "(transformers would use the embeddings, LitGPT's converter the stored head)",
+            "set tie_word_embeddings to false in config.json if the stored head is meant",
+        )  # fmt: skip
+        # LitGPT's lm_head.weight is the stored head, transformer.wte.weight the embeddings
+        to_lit = Rows((((1, 0, emb[0]),), ((0, 0, emb[0]),)), (same,))
+        yield Unit(lit_pair, ((layout.embed, emb), (layout.head, emb)), None, to_lit, "tied head stored too (checked)")
     else:
-        to_hf = partial(_tied_to_hf, untie or UNTIE)
+        same = Same(
+            1, 0, f"{LM_HEAD} differs from {WTE}, but the Hugging Face model ties its output head to the embeddings: "
+            "converting would silently replace the head", untie or UNTIE,
+        )  # fmt: skip
+        to_hf = Rows((((1, 0, emb[0]),),), (same,))
         yield Unit(lit_pair, ((layout.embed, emb),), to_hf, None, "lm_head tied to the embeddings")
     experts = c.n_expert if layout.expert else 0
     for i in range(c.n_layer):
@@ -253,7 +263,7 @@ def plan(
         outs_ = tuple(Out(sink, n, dtypes[0], s) for n, s in outs)
         reads_ = tuple(Read(src, n) for n, _ in reads)
         if isinstance(fn, Rows):
-            steps.append(Step(outs_, reads_, None, u.why, fn.segments([s for _, s in reads])))
+            steps.append(Step(outs_, reads_, None, u.why, fn.segments([s for _, s in reads]), fn.same))
         else:
             steps.append(Step(outs_, reads_, fn, u.why))
     pattern = re.compile(buffers) if buffers else None
@@ -291,38 +301,3 @@ def plan(
 
 def _discard(ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
     return []
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (NaN payloads and -0.0 included): what "tied" means for stored tensors."""
-    import torch
-
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    size = a.element_size()
-    if a.dtype.is_floating_point and size in ints:
-        return torch.equal(a.contiguous().view(ints[size]), b.contiguous().view(ints[size]))
-    return torch.equal(a, b)
-
-
-def _tied_to_hf(hint: str, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    head, wte = ts
-    if not same_bits(wte, head):
-        raise Refused(
-            f"{LM_HEAD} differs from {WTE}, but the Hugging Face model ties its output head to the embeddings: "
-            "converting would silently replace the head",
-            hint,
-        )
-    return [wte]
-
-
-def _tied_to_lit(names: tuple[str, str], ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    embed, head = ts
-    if not same_bits(embed, head):
-        raise Refused(
-            f"{names[1]} differs from {names[0]}, but config.json ties the output head to the embeddings "
-            "(transformers would use the embeddings, LitGPT's converter the stored head)",
-            "set tie_word_embeddings to false in config.json if the stored head is meant",
-        )
-    return [head, embed]  # LitGPT's lm_head.weight, transformer.wte.weight
