@@ -20,6 +20,8 @@ Wall time and peak anonymous RSS (RssAnon of the process tree, sampled every 20 
 with integer storage keys, which ckpt-tool's reader refuses; then the tensors are compared with torch). Working files live in
 bench/_work/convert/ and are deleted at the end (``--keep`` keeps them).
 
+Subprocesses run with bytecode caching (``PYTHONDONTWRITEBYTECODE`` is dropped: installs have .pyc files).
+
 Usage: python bench/convert.py [--layers 16] [--repeat 3] [--keep]
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -99,6 +102,9 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     py = sys.executable
+    # an installed tool runs from .pyc files; without them each run compiles ckpt-tool's modules (~0.5 s)
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    run_measured([py, "-m", "ckpt_tool", "--help"])
     if WORK.exists():
         shutil.rmtree(WORK)
     lit, size = build(args.layers)
