@@ -229,6 +229,19 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(stride))
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN payloads and -0.0 included): what "tied" means for stored tensors."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    size = a.element_size()
+    if a.dtype.is_floating_point and size in ints:
+        return torch.equal(a.contiguous().view(ints[size]), b.contiguous().view(ints[size]))
+    return torch.equal(a, b)
+
+
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The bytes of ``t`` in row-major order, as a memoryview (no copy when ``t`` is contiguous)."""
     import torch

@@ -60,6 +60,10 @@ class TensorSpec:
         return tensor_nbytes(self.dtype, self.shape)
 
 
+#: A byte range to copy: (source fd, offset, bytes, the same bytes mapped or None) — see ``copy_range``.
+Piece = tuple[int, int, int, "memoryview | None"]
+
+
 class WriteError(RuntimeError):
     """The engine fed a writer something other than what it announced (a bug, not user input)."""
 
@@ -158,6 +162,10 @@ class _Writer:
 
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
         """Copy ``nbytes`` from an open file into ``name``'s place; ``view`` (the same bytes, mapped) serves checksums."""
+        self.copy_ranges(name, [(src_fd, src_offset, nbytes, view)])
+
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        """``copy`` of a tensor made of several byte ranges (of open files), written one after the other."""
         raise NotImplementedError
 
 
@@ -190,9 +198,11 @@ class SafetensorsWriter(_Writer):
         i = self._slot(name, len(data))
         pwrite_all(self.fd, data, self.offsets[i])
 
-    def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        i = self._slot(name, nbytes)
-        copy_range(src_fd, src_offset, self.fd, self.offsets[i], nbytes, view)
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        pos = self.offsets[self._slot(name, sum(p[2] for p in pieces))]
+        for src_fd, src_offset, nbytes, view in pieces:
+            copy_range(src_fd, src_offset, self.fd, pos, nbytes, view)
+            pos += nbytes
 
 
 # --- torch zip -------------------------------------------------------------------------------------
@@ -430,13 +440,16 @@ class TorchZipWriter(_Writer):
         pwrite_all(self.fd, data, e.data_offset)
         self.zip.set_crc(e, zlib.crc32(data))
 
-    def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        e = self.records[self._slot(name, nbytes)]
-        copy_range(src_fd, src_offset, self.fd, e.data_offset, nbytes, view)
-        if view is not None:
-            crc = zlib.crc32(view[:nbytes])
-        else:
-            crc, done = 0, 0
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        e = self.records[self._slot(name, sum(p[2] for p in pieces))]
+        pos, crc = e.data_offset, 0
+        for src_fd, src_offset, nbytes, view in pieces:
+            copy_range(src_fd, src_offset, self.fd, pos, nbytes, view)
+            pos += nbytes
+            if view is not None:
+                crc = zlib.crc32(view[:nbytes], crc)
+                continue
+            done = 0
             while done < nbytes:
                 chunk = os.pread(src_fd, min(nbytes - done, 1 << 24), src_offset + done)
                 if not chunk:
@@ -572,6 +585,10 @@ class ShardedSafetensorsWriter(_Writer):
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
         self._slot(name, nbytes)
         self._shard_of[name].copy(name, src_fd, src_offset, nbytes, view)
+
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        self._slot(name, sum(p[2] for p in pieces))
+        self._shard_of[name].copy_ranges(name, pieces)
 
     def check_complete(self) -> None:
         super().check_complete()

@@ -6,7 +6,9 @@ Every tensor-rewriting command (merge, convert, split, rename) builds a plan
 * inputs are read through private memory maps (``TensorReader``): reading a
   tensor costs page cache, not anonymous memory, and nothing can write back;
 * a step without compute whose output keeps the stored dtype is copied file
-  to file (``copy_file_range``): its bytes never pass through Python;
+  to file (``copy_file_range``): its bytes never pass through Python; a segment
+  step (a row permutation: qkv split or fused) is the same, range by range, so a
+  conversion that keeps dtypes never imports torch;
 * computed tensors go to a bounded write-behind thread, so writing (page-cache
   copies, CRC-32) overlaps the next step's compute while memory stays at about
   two steps' tensors;
@@ -529,7 +531,24 @@ def _run(
     if not step.outs:
         return  # a step that only declares tensors as consumed (e.g. rotary buffers a converter drops)
     reads = [index[(r.input, r.name)] for r in step.reads]
-    if step.compute is None:
+    if step.segments is not None:
+        if _check_segments(step, reads):  # the dtype is kept: byte ranges file to file, no torch
+            for check in step.same:
+                if not _same_bytes(reader, reads[check.a], reads[check.b]):
+                    raise check.refuse()
+            for out, segs in zip(step.outs, step.segments):
+                pieces = []
+                for seg in segs:
+                    info = reads[seg.read]
+                    begin, size = info.byte_range[0] + seg.start * info.itemsize, seg.count * info.itemsize
+                    view = reader.buffer(info)[seg.start * info.itemsize :][:size]
+                    pieces.append((fd_for(info.file), begin, size, view))
+                writer = writers[target.place[(out.sink, out.name)]]
+                behind.submit(0, functools.partial(writer.copy_ranges, out.name, pieces))
+            counts["copied"] += len(step.outs)
+            return
+        counts["cast" if any(o.dtype != i.dtype for o in step.outs for i in reads) else "copied"] += len(step.outs)
+    elif step.compute is None:
         (info,), (out,) = reads, step.outs
         writer = writers[target.place[(out.sink, out.name)]]
         if out.dtype == info.dtype and info.is_contiguous and tuple(info.shape) == out.shape:
@@ -553,6 +572,25 @@ def tensor_counts(report: Report) -> dict[str, int]:
     """The ``tensors`` object of every write command's JSON: written, and how (copied, cast, computed), and bytes."""
     c = report.counts
     return {"written": c["tensors"], "copied": c["copied"], "cast": c["cast"], "computed": c["computed"], "bytes": c["bytes"]}
+
+
+def _check_segments(step: Step, reads: Sequence[TensorInfo]) -> bool:
+    """Whether a segment step can be copied byte for byte (contiguous reads, every dtype kept); refuses
+    ranges outside their read (a plugin bug, not user input: plans are built from checked shapes)."""
+    for segs in step.segments or ():
+        for seg in segs:
+            if seg.start + seg.count > reads[seg.read].numel:
+                raise Unsupported(f"step {step.why!r} reads past the end of {reads[seg.read].name!r} (plugin bug)")
+    return all(i.is_contiguous for i in reads) and all(o.dtype == i.dtype for o in step.outs for i in reads)
+
+
+def _same_bytes(reader: TensorReader, a: TensorInfo, b: TensorInfo) -> bool:
+    """``same_bits`` of two contiguous tensors through their memory maps, 4 MiB at a time (no torch)."""
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    va, vb = reader.buffer(a), reader.buffer(b)
+    step = 1 << 22
+    return all(va[i : i + step].tobytes() == vb[i : i + step].tobytes() for i in range(0, len(va), step))
 
 
 def dtype_summary(outs: Sequence[Out]) -> dict[str, int]:
