@@ -297,6 +297,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, stype, key, location, numel = pid
         if not isinstance(stype, StorageType):
             raise InvalidFile(f"storage {key!r:.40} has an unknown storage type {stype!r:.40}")
+        if _is_int(key) and 0 <= key <= _INT64_MAX:
+            # LitGPT's incremental_save (convert_lit_checkpoint's model.pth) numbers its storages with ints;
+            # torch.load reads record f"data/{key}" either way
+            key = str(key)
         key, location = _ascii(key), _ascii(location)
         if not isinstance(key, str) or not isinstance(location, str):
             raise InvalidFile(f"storage key {key!r:.40} / location {location!r:.40} is not a string")
