@@ -228,6 +228,35 @@ def test_dtype_casts_the_conversion(tmp_path, cli):
     assert_same(hf_tensors(tmp_path / "hf16"), {k: v.half() for k, v in theirs.items()})
 
 
+NO_TORCH = (
+    "import sys\nfrom ckpt_tool.cli import main\n"
+    "try:\n    main(['convert', *sys.argv[1:], '--quiet'])\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+    "print('torch' in sys.modules)\n"
+)
+
+
+@pytest.mark.parametrize("case", ["llama3-gqa-rope", "pythia", "falcon-40b", "phi-3", "gemma3-tied"])
+def test_conversion_without_dtype_does_not_import_torch(case, tmp_path):
+    """qkv split/fuse (grouped, GQA), per-group interleaved qkv (NeoX, Falcon), Phi-3's gate_up and the tied-head
+    check are row permutations: byte ranges copied file to file, both ways, bit-identical; LitGPT -> HF without
+    torch (HF -> LitGPT writes a torch file, whose pickle the writer builds with torch's rebuild functions)."""
+    import subprocess
+    import sys
+
+    config, _, sd = lit_model(case, torch.bfloat16)
+    _, _, _, base, gen = CASES[case]
+    lit = lit_dir(tmp_path / "lit", config, sd, base, gen)
+    for args, torch_free in (
+        ((lit, "--to", "hf", "--out", tmp_path / "hf"), True),
+        ((tmp_path / "hf", "--to", "lit", "--out", tmp_path / "back"), False),
+    ):
+        proc = subprocess.run([sys.executable, "-c", NO_TORCH, *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert not torch_free or proc.stdout.strip() == "False", f"{args[1:3]} imported torch"
+    assert_same(hf_tensors(tmp_path / "hf"), litgpt_to_hf(lit, tmp_path))
+    assert_same(torch.load(tmp_path / "back" / "lit_model.pth", weights_only=True), sd)
+
+
 # --- HF (transformers-built) -> LitGPT ---------------------------------------------------------------------
 
 TINY_HF = dict(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

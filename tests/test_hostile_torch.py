@@ -203,3 +203,28 @@ def test_real_files_still_read(tmp_path: Path) -> None:
         for name, t in sd.items():
             info = tz.weights[name]
             assert (info.shape, info.stride, info.storage_offset) == (tuple(t.shape), t.stride(), t.storage_offset())
+
+
+@pytest.mark.interop
+def test_litgpt_incremental_save_with_integer_storage_keys(tmp_path: Path, cli) -> None:
+    """LitGPT's ``incremental_save`` (what ``convert_lit_checkpoint`` writes as ``model.pth``) numbers its
+    storages 0, 1, ... as ints; torch.load reads them, and so must we (they were refused as "not a string")."""
+    from litgpt.utils import incremental_save
+
+    from ckpt_tool.io.tensors import TensorReader
+
+    sd = {"a.weight": torch.randn(4, 3), "b.weight": torch.randn(2, 5).to(torch.bfloat16)}
+    sd["tied.weight"] = sd["a.weight"]
+    path = tmp_path / "model.pth"
+    with incremental_save(path) as saver:
+        saver.save({k: saver.store_early(v) for k, v in sd.items()})
+    want = torch.load(path, weights_only=True)
+    cont = read_container(path)
+    reader = TensorReader()
+    try:
+        for name, t in want.items():
+            assert torch.equal(reader.tensor(cont.tensors[name]), t), name
+    finally:
+        reader.close()
+    assert cli("inspect", path).code == 0
+    assert cli("diff", path, path, "-q").code == 0

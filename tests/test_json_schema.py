@@ -115,6 +115,21 @@ def test_rename_adapter_and_diff_differing(ws, tmp_path, cli) -> None:
     assert {t["status"] for t in doc["tensors"]} == {"bit_equal", "differ"}
 
 
+def test_lit_file_repair_and_its_undo(ws, tmp_path, cli) -> None:
+    """rename --repair of a LoRA-only lit_model.pth and --undo print migrate's action records."""
+    final = tmp_path / "final"
+    shutil.copytree(ws["runs"] / "2024-03-dolly-lora" / "final", final)
+    dry = _check(cli("rename", final, "--repair", "--dry-run", "--json"), 0, "rename")
+    assert {s["status"] for s in dry["steps"]} == {"pending"}
+    doc = _check(cli("rename", final, "--repair", "--json"), 0, "rename")
+    assert doc["operation"] == "repair-files" and ("move", "lit_model.pth", "lit_model.pth.lora") in {
+        (s["action"], s["from"], s["to"]) for s in doc["steps"]
+    }
+    undo = _check(cli("rename", final, "--undo", "--json"), 0, "rename")
+    assert undo["operation"] == "undo" and {s["status"] for s in undo["steps"]} == {"undone"}
+    _check(cli("rename", final, "--undo", "--json"), 3, "error_document")
+
+
 def test_migrate_plan_apply_undo_have_one_shape(ws, tmp_path, cli) -> None:
     runs = tmp_path / "runs"
     shutil.copytree(ws["runs"], runs)

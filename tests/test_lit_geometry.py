@@ -13,7 +13,7 @@ import pytest
 from ckpt_tool_lit.config import qkv_sizes
 from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.hub.model_config import LitModel
-from ckpt_tool_lit.migrate import _attn_params, regroup_qkv
+from ckpt_tool_lit.migrate import _attn_params, upgrade_attn_plan
 
 from ckpt_tool.errors import CkptError, InvalidFile
 
@@ -47,15 +47,18 @@ def test_every_reader_refuses_an_unusable_config(cfg):
         LitModel({**cfg, "name": "x", "intermediate_size": 8, "vocab_size": 8, "padded_vocab_size": 8})
 
 
-def test_regroup_checks_the_recorded_geometry():
-    """The geometry of a migrate plan comes back from the journal (untrusted): checked like a config."""
+def test_upgrade_checks_the_recorded_geometry(tmp_path):
+    """The geometry of a migrate plan comes back from the journal (untrusted): checked like a config,
+    before the file is read, and every fused tensor's rows against it before anything is written."""
     import torch
 
     with pytest.raises(CkptError, match="n_query_groups 3 does not divide n_head 4"):
-        regroup_qkv(torch.zeros(48, 4), 4, 3, 4)
-    geo = Geometry(4, 2, 2)
-    t = torch.arange(16.0).view(16, 1)
-    assert torch.equal(regroup_qkv(t, 4, 2, 2), geo.to_grouped(t))
+        upgrade_attn_plan(tmp_path / "never-read.pth", tmp_path / "out.pth", {"n_head": 4, "n_query_groups": 3, "head_size": 4})
+    src = tmp_path / "lit_model.pth"
+    torch.save({"transformer.h.0.attn.attn.weight": torch.zeros(48, 4)}, src)
+    with pytest.raises(CkptError, match=r"shape \(48, 4\), the config implies 16 rows"):
+        upgrade_attn_plan(src, tmp_path / "out.pth", {"n_head": 4, "n_query_groups": 2, "head_size": 2})
+    assert not (tmp_path / "out.pth").exists()
 
 
 @pytest.mark.interop

@@ -261,20 +261,24 @@ def test_stale_temp_rules(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- a real full disk
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """A 1 MiB tmpfs, when this process may mount one (root in a sandbox); else the test is skipped."""
+def _tmpfs(mnt: Path, options: str):
+    """A real tmpfs at ``mnt`` (root on Linux, as in a sandbox), unmounted afterwards; else the test is skipped."""
     if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root on Linux to mount a small tmpfs")
-    mnt = tmp_path / "small"
+        pytest.skip("needs root on Linux to mount a tmpfs")
     mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs."""
+    yield from _tmpfs(tmp_path / "small", "size=1m")
 
 
 @pytest.mark.parametrize("fmt", ["lit", "hf"])
@@ -290,18 +294,8 @@ def test_real_enospc_on_a_small_filesystem(tmp_path, cli, small_fs, fmt):
 
 @pytest.fixture
 def read_only_fs(tmp_path):
-    """A real read-only tmpfs (EROFS even for root), when this process may mount one; else skipped."""
-    if not sys.platform.startswith("linux") or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root on Linux to mount a tmpfs")
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+    """A read-only tmpfs: EROFS even for root."""
+    yield from _tmpfs(tmp_path / "ro", "size=1m,ro")
 
 
 @pytest.mark.parametrize("cmd", [("merge",), ("convert", "--to", "hf")])

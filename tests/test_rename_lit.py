@@ -54,9 +54,9 @@ def test_repair_renames_the_file_and_inspect_stops_warning(tmp_path: Path, cli) 
 
     doc = _doc(cli("rename", final, "--repair", "--json"))
     assert doc["operation"] == "repair-files" and doc["root"] == str(final) and not doc["dry_run"]
-    assert [(s["op"], s["path"], s["to"], s["status"]) for s in doc["steps"]] == [
+    assert [(s["action"], s["from"], s["to"], s["status"]) for s in doc["steps"]] == [
         ("move", FULL, LORA, "done"),
-        ("write", "migration.json", None, "done"),
+        ("write", None, "migration.json", "done"),
     ]
     assert not (final / FULL).exists()
     assert (final / LORA).read_bytes() == data and (final / LORA).stat().st_ino == ino
@@ -71,7 +71,7 @@ def test_repair_accepts_the_file_itself_and_dry_run_changes_nothing(tmp_path: Pa
     _, final = _march(tmp_path)
     before = h.snapshot(final)
     doc = _doc(cli("rename", final / FULL, "--repair", "--dry-run", "--json"))
-    assert doc["dry_run"] and [s["status"] for s in doc["steps"]] == ["planned", "planned"]
+    assert doc["dry_run"] and [s["status"] for s in doc["steps"]] == ["pending", "pending"]
     assert h.snapshot(final) == before and not (final / JOURNAL_NAME).exists()
     res = cli("rename", final / FULL, "--repair", "--dry-run")
     assert res.code == 0 and "dry run: nothing changed" in res.stdout and f"{FULL} -> {LORA}" in res.stdout
@@ -114,7 +114,7 @@ def test_same_files_as_migrate_for_a_folder_without_hyperparameters(tmp_path: Pa
     h.run_2024_03_04_lora(tmp_path / "b")
     ops.apply(tmp_path / "a")
     doc = _doc(cli("rename", tmp_path / "b" / "final", "--repair", "--json"))
-    assert {s["path"] for s in doc["steps"]} == {FULL, "model_config.yaml", "hyperparameters.yaml", "migration.json"}
+    assert {s["from"] or s["to"] for s in doc["steps"]} == {FULL, "model_config.yaml", "hyperparameters.yaml", "migration.json"}
     migrated, repaired = tmp_path / "a" / "final", tmp_path / "b" / "final"
     assert (migrated / LORA).read_bytes() == (repaired / LORA).read_bytes()
     for name in ("model_config.yaml", "hyperparameters.yaml"):
@@ -129,7 +129,7 @@ def test_existing_hyperparameters_without_lora_keys_are_left_alone(tmp_path: Pat
     text = "checkpoint_dir: checkpoints/tiny\nprecision: 32-true\n"
     (final / "hyperparameters.yaml").write_text(text)
     doc = _doc(cli("rename", final, "--repair", "--json"))
-    assert "hyperparameters.yaml" not in {s["path"] for s in doc["steps"]}
+    assert "hyperparameters.yaml" not in {s["from"] or s["to"] for s in doc["steps"]}
     assert (final / "hyperparameters.yaml").read_text() == text
 
 
@@ -193,7 +193,8 @@ def test_refuses_to_overwrite_an_existing_lora_file(tmp_path: Path, cli) -> None
     before = h.snapshot(final)
     res = cli("rename", final, "--repair", "--json")
     assert res.code == 6 and f"{LORA} already exists" in res.stderr and "never overwritten" in res.stderr
-    assert res.stdout == "" and h.snapshot(final) == before and not (final / JOURNAL_NAME).exists()
+    assert json.loads(res.stdout)["error"]["exit_code"] == 6  # --json: the error document, the message on stderr
+    assert h.snapshot(final) == before and not (final / JOURNAL_NAME).exists()
 
 
 @pytest.mark.parametrize("given", ["dir", "file"])

@@ -43,7 +43,7 @@ def _human(s: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("convert", no_args_is_help=True)
     def convert_cmd(
-        src: Annotated[Path, typer.Argument(help="The checkpoint to convert: a file or directory of any supported format.")],
+        src: Annotated[Path, typer.Argument(metavar="SRC", help="The checkpoint to convert: a file or directory of any supported format.")],
         to: Annotated[To, typer.Option("--to", help="Target: lit (LitGPT dir), hf (transformers dir), peft (adapter dir), safetensors or torch (same names, another container).", case_sensitive=False)],
         out: Annotated[Path, typer.Option("--out", help="Output directory (lit, hf, peft) or file (safetensors, torch; a directory gets <name>.safetensors / .pth).")],
         dtype: Annotated[str, typer.Option("--dtype", help="auto (keep), bf16, fp16 or fp32 for every floating tensor.")] = "auto",

@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         directory: Annotated[
-            Path, typer.Argument(help="Where to create the workspace.")
+            Path, typer.Argument(metavar="DIR", help="Where to create the workspace.")
         ] = Path("ckpt-tool-demo"),
         force: Annotated[bool, typer.Option("--force", help="Replace an existing demo workspace.")] = False,
     ) -> None:

@@ -17,8 +17,8 @@ def _fmt_diff(x: float | None) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("diff", no_args_is_help=True)
     def diff_cmd(
-        a: Annotated[Path, typer.Argument(help="First checkpoint (file or directory, any supported format).")],
-        b: Annotated[Path, typer.Argument(help="Second checkpoint.")],
+        a: Annotated[Path, typer.Argument(metavar="A", help="First checkpoint (file or directory, any supported format).")],
+        b: Annotated[Path, typer.Argument(metavar="B", help="Second checkpoint.")],
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
         atol: Annotated[
             float | None, typer.Option("--atol", help="Treat tensors whose max |Δ| is at most X as equal.", metavar="X")

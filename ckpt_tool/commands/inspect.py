@@ -14,7 +14,7 @@ from ckpt_tool.ops.inspect import detect, filter_tensors
 def register(app: typer.Typer) -> None:
     @app.command("inspect", no_args_is_help=True)
     def inspect_cmd(
-        path: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
+        path: Annotated[Path, typer.Argument(metavar="PATH", help="A checkpoint file or directory.")],
         json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object (schema in README).")] = False,
         tensors: Annotated[bool, typer.Option("--tensors", help="Also list every tensor.")] = False,
         filter_: Annotated[

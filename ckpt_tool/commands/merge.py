@@ -50,7 +50,7 @@ def _human(summary: dict) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("merge", no_args_is_help=True)
     def merge_cmd(
-        adapter: Annotated[Path, typer.Argument(help="The adapter: a LitGPT final/ or step-*/ dir, a PEFT adapter dir, or its weights file.")],
+        adapter: Annotated[Path, typer.Argument(metavar="ADAPTER", help="The adapter: a LitGPT final/ or step-*/ dir, a PEFT adapter dir, or its weights file.")],
         base: Annotated[Path | None, typer.Option("--base", help="The base model (default: the one the adapter records).")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Write a complete checkpoint directory here.")] = None,
         dtype: Annotated[str, typer.Option("--dtype", help="auto (LitGPT: the LoRA dtype, as litgpt merge_lora; PEFT: the base's config.json dtype, as from_pretrained), bf16, fp16 or fp32 (LitGPT: cast of the result; PEFT: the dtype the base is loaded in).")] = "auto",

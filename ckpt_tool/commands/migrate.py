@@ -162,7 +162,7 @@ def register(app: typer.Typer) -> None:
     @app.command("migrate", no_args_is_help=True)
     def migrate_cmd(
         root: Annotated[
-            Path, typer.Argument(help="Directory holding the runs to migrate (searched recursively).")
+            Path, typer.Argument(metavar="ROOT", help="Directory holding the runs to migrate (searched recursively).")
         ],
         apply_: Annotated[
             bool, typer.Option("--apply", help="Execute the plan (default: only print it).")

@@ -154,7 +154,7 @@ def _files_human(s: dict[str, Any]) -> str:
         head = f"nothing to repair in {s['root']}"
     else:
         verb = "would repair" if dry else "repaired"
-        moved = [f"{x['path']} -> {x['to']}" for x in steps if x["op"] == "move"]
+        moved = [f"{x['from']} -> {x['to']}" for x in steps if x["action"] == "move"]
         head = f"{verb} {s['root']}: {', '.join(moved) or 'companion files'}"
         if s.get("resumed"):
             head += " (finishing an interrupted repair)"
@@ -162,8 +162,8 @@ def _files_human(s: dict[str, Any]) -> str:
     if dry:
         lines.append("  dry run: nothing changed")
     for x in steps:
-        done = x["status"] if x["status"] in ("done", "undone") else x["op"]
-        text = f"  {done:<8} {x['path']}" + (f" -> {x['to']}" if x.get("to") else "")
+        done = x["status"] if x["status"] in ("done", "undone") else x["action"]
+        text = f"  {done:<8} {x['from'] or x['to']}" + (f" -> {x['to']}" if x["from"] and x["to"] else "")
         lines.append(text)
         if x.get("reason") and not undo:
             lines.extend(wrap(x["reason"], "             "))
@@ -179,7 +179,7 @@ def _files_human(s: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("rename", no_args_is_help=True)
     def rename_cmd(
-        path: Annotated[Path, typer.Argument(help="A safetensors or torch file, a sharded Hugging Face directory, a PEFT adapter directory, or a LitGPT checkpoint folder (--repair, --undo).")],
+        path: Annotated[Path, typer.Argument(metavar="PATH", help="A safetensors or torch file, a sharded Hugging Face directory, a PEFT adapter directory, or a LitGPT checkpoint folder (--repair, --undo).")],
         maps: Annotated[list[str] | None, typer.Option("--map", metavar="OLD=NEW", help="Rename one tensor (exact name; repeatable).")] = None,
         regexes: Annotated[list[str] | None, typer.Option("--regex", metavar="PATTERN=REPLACEMENT", help="Rename every name the Python regex matches as a whole (re.fullmatch; \\1, \\g<name> in the replacement; repeatable, applied in order).")] = None,
         strip_prefix: Annotated[str | None, typer.Option("--strip-prefix", metavar="P", help="Remove P from the start of the names that have it.")] = None,

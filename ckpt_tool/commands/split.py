@@ -86,7 +86,7 @@ def _extracted(s: dict[str, Any]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("split", no_args_is_help=True)
     def split_cmd(
-        src: Annotated[Path, typer.Argument(help="The checkpoint: a LitGPT LoRA model or PEFT model saved whole (with --base-out/--adapter-out), or any model (with --out), or a full fine-tune (with --extract-lora).")],
+        src: Annotated[Path, typer.Argument(metavar="SRC", help="The checkpoint: a LitGPT LoRA model or PEFT model saved whole (with --base-out/--adapter-out), or any model (with --out), or a full fine-tune (with --extract-lora).")],
         base_out: Annotated[Path | None, typer.Option("--base-out", help="Write the clean base model here (a directory).")] = None,
         adapter_out: Annotated[Path | None, typer.Option("--adapter-out", help="Write the adapter here (a directory), in its own convention.")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Shard or consolidate the model into this directory (model-0000i-of-0000K.safetensors + index); with --extract-lora, the adapter directory.")] = None,

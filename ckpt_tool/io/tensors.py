@@ -108,6 +108,9 @@ class TensorReader:
         self._maps: dict[str, Any] = {}  # realpath -> uint8 tensor over the whole file
         self._views: dict[str, memoryview] = {}  # realpath -> read-only stdlib mmap of the whole file
         self._real: dict[str, str] = {}  # path as given -> realpath (which lstats every component, per call)
+        # Files are opened by the path as given, never by its realpath: ``migrate`` hands converters
+        # ``/proc/self/fd/N`` links to descriptors it opened without following symlinks, and re-resolving
+        # one to a name would read whatever that name points at now. The realpath only dedupes maps.
 
     def _realpath(self, path: str) -> str:
         key = self._real.get(path)
@@ -120,12 +123,12 @@ class TensorReader:
 
         key = self._realpath(path)
         if key not in self._maps:
-            size = os.path.getsize(key)
+            size = os.path.getsize(path)
             if size == 0:
                 self._maps[key] = torch.empty(0, dtype=torch.uint8)
             else:
                 # shared=False -> MAP_PRIVATE: a stray in-place op could never reach the file.
-                storage = torch.UntypedStorage.from_file(key, shared=False, nbytes=size)
+                storage = torch.UntypedStorage.from_file(path, shared=False, nbytes=size)
                 self._maps[key] = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (size,), (1,))
         return self._maps[key]
 
@@ -158,7 +161,7 @@ class TensorReader:
         if view is None:
             import mmap
 
-            with open(key, "rb") as fh:
+            with open(info.file, "rb") as fh:
                 size = os.fstat(fh.fileno()).st_size
                 view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)) if size else memoryview(b"")
             self._views[key] = view
@@ -224,6 +227,19 @@ def contiguous_stride(shape: tuple[int, ...]) -> tuple[int, ...]:
         stride.append(acc)
         acc *= max(size, 1)
     return tuple(reversed(stride))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN payloads and -0.0 included): what "tied" means for stored tensors."""
+    import torch
+
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    size = a.element_size()
+    if a.dtype.is_floating_point and size in ints:
+        return torch.equal(a.contiguous().view(ints[size]), b.contiguous().view(ints[size]))
+    return torch.equal(a, b)
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

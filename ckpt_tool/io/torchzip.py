@@ -237,8 +237,13 @@ def _rebuild_parameter_with_state(data: Any, requires_grad: Any, backward_hooks:
     return param
 
 
-def _torch_size(*args: Any) -> tuple[int, ...]:
-    return tuple(args[0]) if args else ()
+class TorchSize(tuple):  # type: ignore[type-arg]
+    """Stand-in for a ``torch.Size`` value: a tuple, but not a plain one (a writer re-pickling top-level
+    entries must not turn it into a tuple, ``writers.is_plain``)."""
+
+
+def _torch_size(*args: Any) -> TorchSize:
+    return TorchSize(args[0]) if args else TorchSize()
 
 
 def _ordered_dict(*args: Any) -> collections.OrderedDict[Any, Any]:
@@ -292,6 +297,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         _, stype, key, location, numel = pid
         if not isinstance(stype, StorageType):
             raise InvalidFile(f"storage {key!r:.40} has an unknown storage type {stype!r:.40}")
+        if _is_int(key) and 0 <= key <= _INT64_MAX:
+            # LitGPT's incremental_save (convert_lit_checkpoint's model.pth) numbers its storages with ints;
+            # torch.load reads record f"data/{key}" either way
+            key = str(key)
         key, location = _ascii(key), _ascii(location)
         if not isinstance(key, str) or not isinstance(location, str):
             raise InvalidFile(f"storage key {key!r:.40} / location {location!r:.40} is not a string")

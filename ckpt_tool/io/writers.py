@@ -22,12 +22,12 @@ output and no temp file. Unchanged tensors can be copied file-to-file with
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
 import os
 import pickle
-import secrets
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -58,6 +58,10 @@ class TensorSpec:
     @property
     def nbytes(self) -> int:
         return tensor_nbytes(self.dtype, self.shape)
+
+
+#: A byte range to copy: (source fd, offset, bytes, the same bytes mapped or None) — see ``copy_range``.
+Piece = tuple[int, int, int, "memoryview | None"]
 
 
 class WriteError(RuntimeError):
@@ -158,6 +162,10 @@ class _Writer:
 
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
         """Copy ``nbytes`` from an open file into ``name``'s place; ``view`` (the same bytes, mapped) serves checksums."""
+        self.copy_ranges(name, [(src_fd, src_offset, nbytes, view)])
+
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        """``copy`` of a tensor made of several byte ranges (of open files), written one after the other."""
         raise NotImplementedError
 
 
@@ -190,9 +198,11 @@ class SafetensorsWriter(_Writer):
         i = self._slot(name, len(data))
         pwrite_all(self.fd, data, self.offsets[i])
 
-    def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        i = self._slot(name, nbytes)
-        copy_range(src_fd, src_offset, self.fd, self.offsets[i], nbytes, view)
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        pos = self.offsets[self._slot(name, sum(p[2] for p in pieces))]
+        for src_fd, src_offset, nbytes, view in pieces:
+            copy_range(src_fd, src_offset, self.fd, pos, nbytes, view)
+            pos += nbytes
 
 
 # --- torch zip -------------------------------------------------------------------------------------
@@ -342,8 +352,31 @@ def _storage_type(dtype: str) -> Any:
     return cls if cls is not None else torch.storage.UntypedStorage
 
 
-def build_torch_pickle(specs: Sequence[TensorSpec], wrapper: str | None = None) -> bytes:
-    """``data.pkl`` for a state dict of ``specs`` (storage keys "0".."N-1"), optionally ``{wrapper: sd}``."""
+#: what a top-level entry beside the state dict may hold: values ``torch.load(weights_only=True)`` gives
+#: back exactly as they were (no ``bytes``: protocol 2 pickles them as a ``codecs.encode`` call torch refuses)
+_PLAIN_SCALARS = (type(None), bool, int, float, str)
+_PLAIN_CONTAINERS = (dict, collections.OrderedDict, list, tuple)
+
+
+def is_plain(value: Any, _depth: int = 0) -> bool:
+    """True for ``None``/bool/int/float/str and dicts, lists and tuples of them (no tensors, no torch types,
+    no object state, no cycles): what the torch writer re-pickles beside the state dict exactly."""
+    if type(value) in _PLAIN_SCALARS:
+        return True
+    if type(value) not in _PLAIN_CONTAINERS or _depth > 32 or getattr(value, "__dict__", None):
+        return False
+    items = [x for kv in value.items() for x in kv] if isinstance(value, dict) else list(value)
+    return all(is_plain(v, _depth + 1) for v in items)
+
+
+def build_torch_pickle(
+    specs: Sequence[TensorSpec], wrapper: str | None = None, extras: dict[Any, Any] | None = None
+) -> bytes:
+    """``data.pkl`` for a state dict of ``specs`` (storage keys "0".."N-1"), optionally ``{wrapper: sd}``.
+
+    ``extras`` (with a wrapper): the other top-level entries, in order; the state dict takes the place of
+    the wrapper key's placeholder value when ``extras`` holds one, else it comes first.
+    """
     import io
 
     import torch
@@ -354,6 +387,11 @@ def build_torch_pickle(specs: Sequence[TensorSpec], wrapper: str | None = None) 
         numel = s.nbytes if stype is torch.storage.UntypedStorage else s.nbytes // DTYPE_SIZES[s.dtype]
         sd[s.name] = _TensorRef(_StorageRef(str(i), stype, numel), s.shape, s.dtype)
     obj: Any = {wrapper: sd} if wrapper else sd
+    if extras is not None:
+        if not wrapper or not is_plain(extras):
+            raise WriteError("top-level extras need a wrapper and plain values only")
+        top = extras if wrapper in extras else {wrapper: None, **extras}
+        obj = {k: sd if k == wrapper else v for k, v in top.items()}
     buf = io.BytesIO()
     _TorchPickler(buf, protocol=2).dump(obj)
     return buf.getvalue()
@@ -382,33 +420,36 @@ class TorchZipWriter(_Writer):
         archive: str = "archive",
         wrapper: str | None = None,
         force_zip64: bool = False,
+        extras: dict[Any, Any] | None = None,
     ) -> None:
         super().__init__(specs)
         fh.flush()
         self.fd = fh.fileno()
         self.zip = _ZipLayout(self.fd, fh.tell(), force_zip64=force_zip64)
         self.top = archive
-        self.zip.record(f"{archive}/data.pkl", build_torch_pickle(self.specs, wrapper))
+        self.zip.record(f"{archive}/data.pkl", build_torch_pickle(self.specs, wrapper, extras))
         self.zip.record(f"{archive}/.format_version", b"1")
         self.zip.record(f"{archive}/.storage_alignment", str(ALIGN).encode())
         self.zip.record(f"{archive}/byteorder", b"little")
         self.records = [self.zip.add(f"{archive}/data/{i}", s.nbytes) for i, s in enumerate(self.specs)]
         self.zip.record(f"{archive}/version", b"3\n")
-        serial = "".join(str(secrets.randbelow(10)) for _ in range(40)).encode()
-        self.zip.record(f"{archive}/.data/serialization_id", serial)
+        self.serial = self.zip.add(f"{archive}/.data/serialization_id", 40)  # filled in by check_complete
 
     def write_bytes(self, name: str, data: memoryview | bytes) -> None:
         e = self.records[self._slot(name, len(data))]
         pwrite_all(self.fd, data, e.data_offset)
         self.zip.set_crc(e, zlib.crc32(data))
 
-    def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
-        e = self.records[self._slot(name, nbytes)]
-        copy_range(src_fd, src_offset, self.fd, e.data_offset, nbytes, view)
-        if view is not None:
-            crc = zlib.crc32(view[:nbytes])
-        else:
-            crc, done = 0, 0
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        e = self.records[self._slot(name, sum(p[2] for p in pieces))]
+        pos, crc = e.data_offset, 0
+        for src_fd, src_offset, nbytes, view in pieces:
+            copy_range(src_fd, src_offset, self.fd, pos, nbytes, view)
+            pos += nbytes
+            if view is not None:
+                crc = zlib.crc32(view[:nbytes], crc)
+                continue
+            done = 0
             while done < nbytes:
                 chunk = os.pread(src_fd, min(nbytes - done, 1 << 24), src_offset + done)
                 if not chunk:
@@ -419,7 +460,21 @@ class TorchZipWriter(_Writer):
 
     def check_complete(self) -> None:
         super().check_complete()
+        self._write_serialization_id()
         self.zip.finish()
+
+    def _write_serialization_id(self) -> None:
+        """40 digits derived from the record names and their CRC-32s, as torch derives its own (not the same
+        digits): the same tensors give the same file, so a resumed ``migrate`` reproduces what it journaled."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for e in self.zip.entries:
+            if e is not self.serial:
+                h.update(e.name + b"\0" + e.crc.to_bytes(4, "little"))
+        serial = str(int.from_bytes(h.digest(), "big") % 10**40).zfill(40).encode()
+        pwrite_all(self.fd, serial, self.serial.data_offset)
+        self.zip.set_crc(self.serial, zlib.crc32(serial))
 
 
 # --- opening writers -------------------------------------------------------------------------------
@@ -438,11 +493,15 @@ def open_safetensors(
 
 @contextlib.contextmanager
 def open_torch(
-    dest: str | os.PathLike[str], specs: Sequence[TensorSpec], wrapper: str | None = None, force_zip64: bool = False
+    dest: str | os.PathLike[str],
+    specs: Sequence[TensorSpec],
+    wrapper: str | None = None,
+    force_zip64: bool = False,
+    extras: dict[Any, Any] | None = None,
 ) -> Iterator[TorchZipWriter]:
-    """A torch zip checkpoint at ``dest`` (a bare state dict, or ``{wrapper: sd}``)."""
+    """A torch zip checkpoint at ``dest`` (a bare state dict, or ``{wrapper: sd}``, with ``extras`` beside it)."""
     with atomic_write(dest) as fh:
-        writer = TorchZipWriter(fh, specs, archive_name(dest), wrapper, force_zip64)
+        writer = TorchZipWriter(fh, specs, archive_name(dest), wrapper, force_zip64, extras)
         yield writer
         writer.check_complete()
 
@@ -526,6 +585,10 @@ class ShardedSafetensorsWriter(_Writer):
     def copy(self, name: str, src_fd: int, src_offset: int, nbytes: int, view: memoryview | None = None) -> None:
         self._slot(name, nbytes)
         self._shard_of[name].copy(name, src_fd, src_offset, nbytes, view)
+
+    def copy_ranges(self, name: str, pieces: Sequence[Piece]) -> None:
+        self._slot(name, sum(p[2] for p in pieces))
+        self._shard_of[name].copy_ranges(name, pieces)
 
     def check_complete(self) -> None:
         super().check_complete()

@@ -77,8 +77,8 @@ def cast_steps(steps: Sequence[Step], dtype: str | None) -> list[Step]:
         outs = tuple(dataclasses.replace(o, dtype=dtype) if is_float(o.dtype) else o for o in s.outs)
         if outs == s.outs:
             out.append(s)
-        elif s.compute is None:
-            out.append(Step(outs, s.reads, None, s.why))
+        elif s.compute is None:  # a copy or a segment step: the engine casts
+            out.append(dataclasses.replace(s, outs=outs))
         else:
             out.append(Step(outs, s.reads, _then_cast(s.compute, outs), s.why))
     return out

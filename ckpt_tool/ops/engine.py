@@ -6,14 +6,18 @@ Every tensor-rewriting command (merge, convert, split, rename) builds a plan
 * inputs are read through private memory maps (``TensorReader``): reading a
   tensor costs page cache, not anonymous memory, and nothing can write back;
 * a step without compute whose output keeps the stored dtype is copied file
-  to file (``copy_file_range``): its bytes never pass through Python;
+  to file (``copy_file_range``): its bytes never pass through Python; a segment
+  step (a row permutation: qkv split or fused) is the same, range by range, so a
+  conversion that keeps dtypes never imports torch;
 * computed tensors go to a bounded write-behind thread, so writing (page-cache
   copies, CRC-32) overlaps the next step's compute while memory stays at about
   two steps' tensors;
 * every output file is a temp file in its destination directory until the last
   tensor is written; then the weights files are published (fsync, rename), then
   the layout's index, then the side files (configs, tokenizer). A failure
-  anywhere — bad input, a full disk, Ctrl-C — publishes nothing.
+  anywhere — bad input, a full disk, Ctrl-C — publishes nothing. The exception is
+  ``write_into``: one file into a descriptor the caller owns and publishes itself
+  (``migrate --upgrade-attn``, whose journal records the temp file's sha256).
 
 Peak memory is the interpreter plus a few times the largest step's tensors,
 whatever the model size.
@@ -32,7 +36,7 @@ import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ckpt_tool.errors import Refused, Unsupported, from_os_error
 from ckpt_tool.io import provenance
@@ -377,7 +381,7 @@ def _open_writer(stack: contextlib.ExitStack, fp: FilePlan, sink: str, outs: dic
     if fp.container == "safetensors":
         return stack.enter_context(open_safetensors(fp.path, specs, fp.metadata))
     if fp.container == "torch":
-        return stack.enter_context(open_torch(fp.path, specs, wrapper=fp.wrapper))
+        return stack.enter_context(open_torch(fp.path, specs, wrapper=fp.wrapper, extras=fp.extras))
     raise Unsupported(f"unknown container {fp.container!r} for {fp.path} (plugin bug)")
 
 
@@ -426,6 +430,31 @@ def execute(
     cleaned = [p for d in sorted({p.parent for p in target.all_paths(plan)}) if d.is_dir() for p in clean_stale_temps(d)]
     report.removed_temps = [str(p) for p in cleaned]
     fill_provenance(plan, target, label)
+    bar = Progress(total, label, progress)
+    try:
+        with contextlib.ExitStack() as stack:
+            # Entered in reverse publishing order: the stack publishes LIFO, so weights first, then
+            # the index, then side files; an exception anywhere discards every temp file.
+            for dst, s in reversed(side):
+                _write_side(stack, dst, s)
+            writers = [_open_writer(stack, fp, sk, target.outs) for fp, sk in zip(target.files, target.file_sinks)]
+            _stream(plan, target, writers, counts, bar)
+    finally:
+        bar.close()
+    for f in stale:  # only reached with --force: files a loader could pick instead of the new output
+        f.unlink(missing_ok=True)
+    if stale:
+        report.counts["removed_stale"] = len(stale)
+        report.files += [f"removed {p}" for p in stale]
+    return report
+
+
+def _stream(plan: TransformPlan, target: Target, writers: Sequence[Any], counts: dict[str, int], bar: Progress) -> None:
+    """Run every step of ``plan`` into the open ``writers`` (the engine's one writer loop).
+
+    Inputs are read through private maps, unchanged tensors copied file to file, computed ones handed to
+    the bounded write-behind thread; an exception stops the writer thread before it propagates.
+    """
     release_large_blocks()
     index = {(role, t.name): t for role, info in plan.inputs.items() for t in info.tensors}
     reader = TensorReader()
@@ -443,34 +472,49 @@ def execute(
         return fds[path]
 
     largest = max((max((o.nbytes for o in s.outs), default=0) for s in plan.steps), default=0)
-    bar = Progress(total, label, progress)
+    behind = WriteBehind(limit=max(1, min(largest, WRITE_BEHIND_BYTES)))
     try:
-        with contextlib.ExitStack() as stack:
-            # Entered in reverse publishing order: the stack publishes LIFO, so weights first, then
-            # the index, then side files; an exception anywhere discards every temp file.
-            for dst, s in reversed(side):
-                _write_side(stack, dst, s)
-            writers = [_open_writer(stack, fp, sk, target.outs) for fp, sk in zip(target.files, target.file_sinks)]
-            behind = WriteBehind(limit=max(1, min(largest, WRITE_BEHIND_BYTES)))
-            try:
-                for step in plan.steps:
-                    _run(step, target, writers, behind, reader, index, load, fd_for, counts)
-                    bar.advance(sum(o.nbytes for o in step.outs))
-                behind.finish()
-            except BaseException:
-                behind.abort()
-                raise
+        try:
+            for step in plan.steps:
+                _run(step, target, writers, behind, reader, index, load, fd_for, counts)
+                bar.advance(sum(o.nbytes for o in step.outs))
+            behind.finish()
+        except BaseException:
+            behind.abort()
+            raise
     finally:
-        bar.close()
         for fd in fds.values():
             os.close(fd)
         reader.close()
-    for f in stale:  # only reached with --force: files a loader could pick instead of the new output
-        f.unlink(missing_ok=True)
-    if stale:
-        report.counts["removed_stale"] = len(stale)
-        report.files += [f"removed {p}" for p in stale]
-    return report
+
+
+def write_into(plan: TransformPlan, fh: IO[bytes]) -> Report:
+    """Run a plan of exactly one torch weights file into ``fh``, an open file the caller owns and publishes.
+
+    For callers that manage the output's whole life themselves: ``migrate``'s converters write into the
+    temp file migrate created, whose sha256 it journals, fsyncs and ``link()``s into place. So there is
+    no temp file, rename, output check, provenance record or side file of the engine's own here, and
+    nothing is fsynced; the steps run exactly as in ``execute``. A torch zip gets the top folder
+    ``torch.save`` gives an open file object ("archive"): the path the caller hands out (a
+    ``/proc/self/fd`` link, a temp name) is not the name the file is published under.
+
+    Raises:
+        Unsupported: the plan writes another container, more than one file, or an index or side file
+            (a plugin bug).
+    """
+    from ckpt_tool.io.writers import TensorSpec, TorchZipWriter
+
+    target = resolve(plan)
+    if len(target.files) != 1 or target.files[0].container != "torch" or target.side(plan):
+        raise Unsupported("write_into writes one torch file and nothing beside it (plugin bug)")
+    fp, sink = target.files[0], target.file_sinks[0]
+    specs = [TensorSpec(n, target.outs[(sink, n)].dtype, target.outs[(sink, n)].shape) for n in fp.names]
+    writer = TorchZipWriter(fh, specs, wrapper=fp.wrapper, extras=fp.extras)
+    counts = {"steps": len(plan.steps), "tensors": len(specs), "bytes": sum(s.nbytes for s in specs),
+              "copied": 0, "cast": 0, "computed": 0}
+    _stream(plan, target, [writer], counts, Progress(0, "", False))
+    writer.check_complete()
+    return Report(files=[str(fp.path)], counts=counts)
 
 
 def _run(
@@ -487,7 +531,24 @@ def _run(
     if not step.outs:
         return  # a step that only declares tensors as consumed (e.g. rotary buffers a converter drops)
     reads = [index[(r.input, r.name)] for r in step.reads]
-    if step.compute is None:
+    if step.segments is not None:
+        if _check_segments(step, reads):  # the dtype is kept: byte ranges file to file, no torch
+            for check in step.same:
+                if not _same_bytes(reader, reads[check.a], reads[check.b]):
+                    raise check.refuse()
+            for out, segs in zip(step.outs, step.segments):
+                pieces = []
+                for seg in segs:
+                    info = reads[seg.read]
+                    begin, size = info.byte_range[0] + seg.start * info.itemsize, seg.count * info.itemsize
+                    view = reader.buffer(info)[seg.start * info.itemsize :][:size]
+                    pieces.append((fd_for(info.file), begin, size, view))
+                writer = writers[target.place[(out.sink, out.name)]]
+                behind.submit(0, functools.partial(writer.copy_ranges, out.name, pieces))
+            counts["copied"] += len(step.outs)
+            return
+        counts["cast" if any(o.dtype != i.dtype for o in step.outs for i in reads) else "copied"] += len(step.outs)
+    elif step.compute is None:
         (info,), (out,) = reads, step.outs
         writer = writers[target.place[(out.sink, out.name)]]
         if out.dtype == info.dtype and info.is_contiguous and tuple(info.shape) == out.shape:
@@ -511,6 +572,25 @@ def tensor_counts(report: Report) -> dict[str, int]:
     """The ``tensors`` object of every write command's JSON: written, and how (copied, cast, computed), and bytes."""
     c = report.counts
     return {"written": c["tensors"], "copied": c["copied"], "cast": c["cast"], "computed": c["computed"], "bytes": c["bytes"]}
+
+
+def _check_segments(step: Step, reads: Sequence[TensorInfo]) -> bool:
+    """Whether a segment step can be copied byte for byte (contiguous reads, every dtype kept); refuses
+    ranges outside their read (a plugin bug, not user input: plans are built from checked shapes)."""
+    for segs in step.segments or ():
+        for seg in segs:
+            if seg.start + seg.count > reads[seg.read].numel:
+                raise Unsupported(f"step {step.why!r} reads past the end of {reads[seg.read].name!r} (plugin bug)")
+    return all(i.is_contiguous for i in reads) and all(o.dtype == i.dtype for o in step.outs for i in reads)
+
+
+def _same_bytes(reader: TensorReader, a: TensorInfo, b: TensorInfo) -> bool:
+    """``same_bits`` of two contiguous tensors through their memory maps, 4 MiB at a time (no torch)."""
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    va, vb = reader.buffer(a), reader.buffer(b)
+    step = 1 << 22
+    return all(va[i : i + step].tobytes() == vb[i : i + step].tobytes() for i in range(0, len(va), step))
 
 
 def dtype_summary(outs: Sequence[Out]) -> dict[str, int]:

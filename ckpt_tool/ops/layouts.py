@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ckpt_tool.errors import UsageError
 from ckpt_tool.ops.transform import Out, SideFile, Sink
@@ -33,6 +33,9 @@ class FilePlan:
     names: list[str]
     metadata: dict[str, str] | None = None  # safetensors __metadata__
     wrapper: str | None = None  # torch: None writes a bare state dict, "model" writes {"model": sd}
+    #: torch, with a wrapper: the other top-level entries in file order (plain values only, ``writers.is_plain``);
+    #: the state dict replaces the wrapper key's placeholder, or comes first (migrate keeps a file's counters)
+    extras: dict[Any, Any] | None = None
 
 
 @dataclass
@@ -129,11 +132,12 @@ class SingleFileLayout:
         ordered = safetensors_order(outs) if self.container == "safetensors" else list(outs)
         meta = _metadata(sink, {"format": "pt"}) if self.container == "safetensors" else None
         wrapper = sink.options.get("wrapper", self.wrapper) if self.container == "torch" else None
+        extras = sink.options.get("extras") if self.container == "torch" else None
         # files a loader would take instead of (or together with) the new one, e.g. a merged lit_model.pth
         # beside a new LitGPT adapter: existing output, replaced only with --force
         stale = [path.parent / n for n in sink.options.get("stale_names", ()) if (path.parent / n) != path]
         stale = [p for p in stale if p.exists()]
-        return LayoutFiles([FilePlan(path, self.container, [o.name for o in ordered], meta, wrapper)], stale=stale)
+        return LayoutFiles([FilePlan(path, self.container, [o.name for o in ordered], meta, wrapper, extras)], stale=stale)
 
 
 @dataclass

@@ -729,7 +729,11 @@ def _derive(fs: RootFS, s: Step, journal: Journal, session: Session) -> None:
             out_path = fd_path(tfd) if use_fd_paths else fs.root / tmp
             try:
                 convert(src_path, out_path, dict(s.params or {}))
-            except (OSError, CkptError):
+            except CkptError as exc:  # its messages name the descriptor links: say which file was meant
+                exc.message = exc.message.replace(str(src_path), s.src).replace(str(out_path), s.dst)
+                exc.args = (exc.message,)
+                raise
+            except OSError:
                 raise
             except MemoryError:
                 raise OSError(errno.ENOMEM, "out of memory while converting", s.src) from None

@@ -388,8 +388,9 @@ def _ask_files(path: Path) -> FileRepair | None:
 
 
 def _step_rows(steps: Sequence[Any], status: dict[int, str]) -> list[dict[str, Any]]:
+    """migrate's action records (``action``/``from``/``to``/``reason``/``status``): one vocabulary for journaled steps."""
     return [
-        {"op": s.op, "path": s.src or s.dst, "to": s.dst if s.src else None, "reason": s.reason, "status": status.get(s.i, "")}
+        {"action": s.op, "from": s.src, "to": s.dst, "reason": s.reason, "status": status.get(s.i) or "pending"}
         for s in steps
     ]
 
@@ -424,12 +425,12 @@ def repair_files(path: Path, first: FileRepair, *, dry_run: bool = False) -> dic
             plan = mig.plan(root, planner=planner)
             if plan.conflicts:
                 raise mig.MigrateConflict(plan.conflicts, plan)
-            status = mig.step_states(plan) if plan.resuming else {s.i: "planned" for s in plan.steps}
+            status = mig.step_states(plan) if plan.resuming else {}
             steps, left, resumed, message = plan.steps, plan.left, plan.resuming, ""
         else:
             outcome = mig.apply(root, planner=planner, words=mig.Wording(**REPAIR_WORDS))
             done = set(outcome.done)
-            status = {s.i: "done" if s.i in done else "" for s in outcome.plan.steps}
+            status = {s.i: "done" for s in outcome.plan.steps if s.i in done}
             steps, left, resumed, message = outcome.plan.steps, outcome.plan.left, outcome.plan.resuming, outcome.message
     except mig.MigrateConflict as exc:
         raise _no_conflicts(exc, path) from None
@@ -463,9 +464,9 @@ def undo_files(path: Path) -> dict[str, Any]:
     undone = []
     for s in reversed([s for s in outcome.plan.steps if s.i in done]):
         if s.op == mig.MOVE:
-            undone.append({"op": s.op, "path": s.dst, "to": s.src, "reason": "renamed back", "status": "undone"})
+            undone.append({"action": s.op, "from": s.dst, "to": s.src, "reason": "renamed back", "status": "undone"})
         else:
-            undone.append({"op": s.op, "path": s.dst or s.src, "to": None, "reason": "removed", "status": "undone"})
+            undone.append({"action": s.op, "from": s.dst or s.src, "to": None, "reason": "removed", "status": "undone"})
     return {
         "operation": "undo",
         "source": str(path),

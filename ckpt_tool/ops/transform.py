@@ -12,6 +12,11 @@ A ``Step`` maps N declared reads to M outputs:
 
 * ``compute=None`` with one read and one output: a byte copy (same dtype; the
   engine uses ``copy_file_range``) or a plain cast;
+* ``segments`` (no compute): each output is a concatenation of element ranges of
+  the reads (``Segment``) — a row permutation such as a fused qkv split into
+  q/k/v, q/k/v fused back, or GPT-NeoX's per-group interleaving. The engine
+  copies the byte ranges file to file without torch when the dtype is kept;
+  ``run_step`` builds the same tensors with torch (evaluation, casts);
 * otherwise ``compute(tensors, load)`` gets the read tensors (read-only views,
   their stored dtype) in ``reads`` order and returns one tensor per ``outs``
   entry, in order. ``load(input, name)`` fetches a further small tensor of an
@@ -27,6 +32,7 @@ composition rules (``compose``) to chain one plugin's steps into another's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,22 +75,97 @@ class Out:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """``count`` elements of read ``read`` (an index into ``Step.reads``) from flat element ``start``
+    (row-major; rows of a contiguous tensor are one range). In elements, not bytes, so a cast
+    (``--dtype``) keeps the plan valid."""
+
+    read: int
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Same:
+    """Reads ``a`` and ``b`` (indices into ``Step.reads``) must hold the same bits, or the step is refused
+    with ``message`` / ``hint`` (a tied head that must equal the embeddings it is dropped for)."""
+
+    a: int
+    b: int
+    message: str
+    hint: str = ""
+
+    def refuse(self) -> Exception:
+        from ckpt_tool.errors import Refused
+
+        return Refused(self.message, self.hint)
+
+
+@dataclass(frozen=True)
 class Step:
-    """N reads → M outputs. ``why`` is shown by ``--dry-run`` and in errors ("qkv fused from q/k/v")."""
+    """N reads → M outputs. ``why`` is shown by ``--dry-run`` and in errors ("qkv fused from q/k/v").
+
+    ``segments``: one tuple per output, the element ranges it concatenates (no ``compute``);
+    ``same``: reads checked bit-equal before anything is written (segment steps only).
+    """
 
     outs: tuple[Out, ...]
     reads: tuple[Read, ...]
     compute: Compute | None = None
     why: str = ""
+    segments: tuple[tuple[Segment, ...], ...] | None = None
+    same: tuple[Same, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.compute is None and (len(self.reads) != 1 or len(self.outs) != 1):
+        if self.same and (self.segments is None or any(not 0 <= i < len(self.reads) for c in self.same for i in (c.a, c.b))):
+            raise ValueError("a bit-equality check belongs to a segment step and names two of its reads")
+        if self.segments is not None:
+            if self.compute is not None or len(self.segments) != len(self.outs):
+                raise ValueError("a segment step has no compute and one segment list per output")
+            for out, segs in zip(self.outs, self.segments):
+                if sum(s.count for s in segs) != _numel(out.shape) or any(
+                    not 0 <= s.read < len(self.reads) or s.start < 0 or s.count <= 0 for s in segs
+                ):
+                    raise ValueError(f"segments of {out.name!r} do not fill its {out.shape} elements")
+        elif self.compute is None and (len(self.reads) != 1 or len(self.outs) != 1):
             raise ValueError("a step without compute copies or casts exactly one read into one output")
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def copy_step(input: str, name: str, sink: str, out_name: str, dtype: str, shape: Sequence[int], why: str = "") -> Step:
     """The common 1 → 1 step: copy (same dtype) or cast ``input:name`` to ``sink:out_name``."""
     return Step((Out(sink, out_name, dtype, tuple(shape)),), (Read(input, name),), None, why)
+
+
+def row_segments(runs: Iterable[tuple[int, int, int]], widths: Sequence[int]) -> tuple[Segment, ...]:
+    """``Segment``\\ s of row runs ``(read, first row, rows)``; ``widths[read]``: elements a row of that read.
+    Adjacent runs are merged, so a permutation that keeps rows together costs one copy per run."""
+    out: list[Segment] = []
+    for read, first, n in runs:
+        if n <= 0:
+            continue
+        start, count = first * widths[read], n * widths[read]
+        if out and out[-1].read == read and out[-1].start + out[-1].count == start:
+            out[-1] = Segment(read, out[-1].start, out[-1].count + count)
+        else:
+            out.append(Segment(read, start, count))
+    return tuple(out)
+
+
+def segments_of(step: Step) -> tuple[tuple[Segment, ...], ...] | None:
+    """A byte-addressable step's outputs as element ranges of its reads (a plain copy is one range), or None
+    for a computed step."""
+    if step.segments is not None:
+        return step.segments
+    if step.compute is None:
+        return ((Segment(0, 0, _numel(step.outs[0].shape)),),) if _numel(step.outs[0].shape) else ((),)
+    return None
 
 
 @dataclass
@@ -100,7 +181,7 @@ class SideFile:
 class Sink:
     """One output checkpoint: a registered layout ("lit", "hf", "peft", "safetensors", "torch"), where, how.
 
-    ``options`` are the layout's own (``max_shard_size``, ``wrapper``, ``metadata``,
+    ``options`` are the layout's own (``max_shard_size``, ``wrapper``, ``extras``, ``metadata``,
     ``weights_name``); ``side_files`` (configs, tokenizer files) are published
     only after every weights file and index is in place.
     """
@@ -143,7 +224,14 @@ def run_step(step: Step, tensors: Sequence[torch.Tensor], load: Load) -> list[to
     """
     from ckpt_tool.io.tensors import dtype_name, torch_dtype
 
-    if step.compute is None:
+    if step.segments is not None:
+        from ckpt_tool.io.tensors import same_bits
+
+        for check in step.same:
+            if not same_bits(tensors[check.a], tensors[check.b]):
+                raise check.refuse()
+        results = _assemble(step, tensors)
+    elif step.compute is None:
         (t,) = tensors
         want = torch_dtype(step.outs[0].dtype)
         results = [t if t.dtype == want else t.to(want)]
@@ -160,6 +248,26 @@ def run_step(step: Step, tensors: Sequence[torch.Tensor], load: Load) -> list[to
                 f"step {step.why or out.name!r}: {out.name!r} came out {dtype_name(t.dtype)} {tuple(t.shape)}, "
                 f"announced {out.dtype} {out.shape} (plugin bug)"
             )
+    return results
+
+
+def _assemble(step: Step, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A segment step with torch: the element ranges concatenated, shaped, cast to the output dtype."""
+    import torch
+
+    from ckpt_tool.io.tensors import torch_dtype
+
+    assert step.segments is not None
+    flat = [t.reshape(-1) for t in tensors]
+    results = []
+    for out, segs in zip(step.outs, step.segments):
+        parts = [flat[s.read][s.start : s.start + s.count] for s in segs]
+        want = torch_dtype(out.dtype)
+        if not parts:
+            results.append(torch.empty(out.shape, dtype=want))
+            continue
+        t = (torch.cat(parts) if len(parts) > 1 else parts[0].clone()).view(out.shape)
+        results.append(t if t.dtype == want else t.to(want))
     return results
 
 
@@ -240,14 +348,87 @@ def compose(producers: Sequence[Step], consumers: Sequence[Step], via: str) -> l
             and len(prods) == 1
             and cs[0].compute is None
             and prods[0].compute is None
+            and cs[0].segments is None
+            and prods[0].segments is None
             and prods[0].outs[0].dtype == cs[0].outs[0].dtype
         ):
             # a rename of a rename (A -> B, then B kept as B) is one copy/cast; a chain of two different
             # casts is not always one cast (fp32 -> bf16 -> fp32 loses bits), so it is fused below
             result.append(Step(cs[0].outs, prods[0].reads, None, cs[0].why or prods[0].why))
             continue
-        result.append(_fused(prods, cs, via))
+        result.append(_rearranged(prods, cs, via) or _fused(prods, cs, via))
     return result
+
+
+def _rearranged(prods: list[Step], cons: list[Step], via: str) -> Step | None:
+    """Producers and consumers that only move elements (copies, segment steps), composed into one segment
+    step over the original reads; None when one computes, or a consumer casts a hub tensor (the casts of a
+    chain are not one cast)."""
+    made: dict[str, tuple[Step, int]] = {}
+    for p in prods:
+        if segments_of(p) is None:
+            return None
+        for i, o in enumerate(p.outs):
+            made[o.name] = (p, i)
+    reads: list[Read] = []
+    index: dict[Read, int] = {}
+
+    def read_index(r: Read) -> int:
+        if r not in index:
+            index[r] = len(reads)
+            reads.append(r)
+        return index[r]
+
+    def whole(r: Read) -> int | None:
+        """The original read a check on ``r`` compares: ``r`` itself, or what a hub copy of a whole read copies."""
+        if r.input != via:
+            return read_index(r)
+        p, i = made[r.name]
+        segs = (segments_of(p) or ())[i]
+        if len(segs) != 1 or segs[0].start or segs[0].count != _numel(p.outs[i].shape) or p.same:
+            return None
+        return read_index(p.reads[segs[0].read])
+
+    same: list[Same] = [
+        dataclasses.replace(c, a=read_index(p.reads[c.a]), b=read_index(p.reads[c.b])) for p in prods for c in p.same
+    ]
+    segments: list[tuple[Segment, ...]] = []
+    for c in cons:
+        csegs = segments_of(c)
+        if csegs is None:
+            return None
+        for check in c.same:
+            a, b = whole(c.reads[check.a]), whole(c.reads[check.b])
+            if a is None or b is None:
+                return None
+            same.append(dataclasses.replace(check, a=a, b=b))
+        for out, segs in zip(c.outs, csegs):
+            parts: list[Segment] = []
+            for seg in segs:
+                r = c.reads[seg.read]
+                if r.input != via:
+                    parts.append(Segment(read_index(r), seg.start, seg.count))
+                    continue
+                p, i = made[r.name]
+                if p.outs[i].dtype != out.dtype:
+                    return None
+                parts.extend(_slice(segments_of(p)[i], seg.start, seg.count, lambda j, p=p: read_index(p.reads[j])))
+            segments.append(tuple(parts))
+    outs = tuple(o for c in cons for o in c.outs)
+    why = "; ".join(dict.fromkeys(s.why for s in (*prods, *cons) if s.why))
+    return Step(outs, tuple(reads), None, why, tuple(segments), tuple(same))
+
+
+def _slice(segs: Sequence[Segment], start: int, count: int, read: Callable[[int], int]) -> list[Segment]:
+    """Elements ``[start, start + count)`` of the concatenation ``segs``, as segments (reads renumbered)."""
+    out: list[Segment] = []
+    pos = 0
+    for s in segs:
+        lo, hi = max(start, pos), min(start + count, pos + s.count)
+        if lo < hi:
+            out.append(Segment(read(s.read), s.start + lo - pos, hi - lo))
+        pos += s.count
+    return out
 
 
 def _fused(prods: list[Step], cons: list[Step], via: str) -> Step:

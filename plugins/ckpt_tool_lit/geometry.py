@@ -112,28 +112,35 @@ class Geometry:
 
     # -- row layouts -------------------------------------------------------------------------------
 
+    def grouped_runs(self) -> list[tuple[int, int]]:
+        """The grouped ``[Q|K|V]`` rows as runs ``(first row, rows)`` of the per-group interleaved layout, in order."""
+        hs, per = self.head_size, self.q_per_kv
+        block = (per + 2) * hs
+        groups = range(self.n_query_groups)
+        q = [(g * block, per * hs) for g in groups]
+        k = [(g * block + per * hs, hs) for g in groups]
+        v = [(g * block + (per + 1) * hs, hs) for g in groups]
+        return q + k + v
+
+    def interleaved_runs(self) -> list[tuple[int, int]]:
+        """The inverse: the per-group interleaved rows as runs ``(first row, rows)`` of the grouped layout."""
+        hs, per = self.head_size, self.q_per_kv
+        q, k, _ = self.qkv_sizes
+        out: list[tuple[int, int]] = []
+        for g in range(self.n_query_groups):
+            out += [(g * per * hs, per * hs), (q + g * hs, hs), (q + k + g * hs, hs)]
+        return out
+
     def interleaved_rows(self) -> list[int]:
         """For each row of the grouped ``[Q|K|V]`` layout, the row of the per-group interleaved layout it comes from.
 
         ``grouped = interleaved[perm]`` with ``perm = interleaved_rows()``.
         """
-        hs, per = self.head_size, self.q_per_kv
-        block = (per + 2) * hs
-        q_rows, k_rows, v_rows = [], [], []
-        for g in range(self.n_query_groups):
-            base = g * block
-            q_rows.extend(range(base, base + per * hs))
-            k_rows.extend(range(base + per * hs, base + (per + 1) * hs))
-            v_rows.extend(range(base + (per + 1) * hs, base + block))
-        return q_rows + k_rows + v_rows
+        return [r for first, n in self.grouped_runs() for r in range(first, first + n)]
 
     def grouped_rows(self) -> list[int]:
         """The inverse permutation: ``interleaved = grouped[grouped_rows()]``."""
-        perm = self.interleaved_rows()
-        inv = [0] * len(perm)
-        for i, p in enumerate(perm):
-            inv[p] = i
-        return inv
+        return [r for first, n in self.interleaved_runs() for r in range(first, first + n)]
 
     def split_qkv(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v row blocks of a grouped fused tensor (weight or bias), as views."""

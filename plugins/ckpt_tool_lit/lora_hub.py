@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from ckpt_tool.errors import InvalidFile, NotFound, Refused, Unsupported, UsageError
 from ckpt_tool.limits import MAX_LORA_SCALE, MAX_PROBE_ROWS
 from ckpt_tool.model import CheckpointInfo, TensorInfo
-from ckpt_tool.ops.transform import HUB, HubResult, HubView, Out, Read, SideFile, Step, copy_step
+from ckpt_tool.ops.transform import HUB, HubResult, HubView, Out, Read, Segment, SideFile, Step, copy_step
 from ckpt_tool_lit import keys
 from ckpt_tool_lit.config import COPY_CONFIG_FILES, HYPERPARAMETERS, MODEL_CONFIG
 from ckpt_tool_lit.convert import OUT, SRC, header, hub_tensors, original_config, source_dir
@@ -165,6 +165,20 @@ def _decode(t: Any, reads: Sequence[str], shapes: Mapping[str, tuple[int, ...]])
     return [Run(reads[int(ki[a])], int(ji[a]), a, b - a) for a, b in zip(starts[:-1], starts[1:])]
 
 
+def _segment_runs(segs: Sequence[Segment], reads: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> list[Run] | None:
+    """The runs of a segment step's output (a row permutation, no probe needed), or None when it is not made
+    of whole rows of 2-D weights."""
+    runs: list[Run] = []
+    dst = 0
+    for s in segs:
+        shape = shapes[reads[s.read]]
+        if len(shape) != 2 or s.start % shape[1] or s.count % shape[1]:
+            return None
+        runs.append(Run(reads[s.read], s.start // shape[1], dst, s.count // shape[1]))
+        dst += s.count // shape[1]
+    return runs
+
+
 def row_map(
     fam: Any,
     cfg: Mapping[str, Any],
@@ -189,9 +203,13 @@ def row_map(
         mine = [n for n in names if n in lora_weights]
         if not mine:
             continue
-        if step.compute is None:
+        if step.segments is not None:
+            runs: list[tuple[str, list[Run] | None]] = [
+                (o.name, _segment_runs(segs, names, table)) for o, segs in zip(step.outs, step.segments)
+            ]
+        elif step.compute is None:
             (o,) = step.outs
-            runs: list[tuple[str, list[Run] | None]] = [(o.name, [Run(names[0], 0, 0, o.shape[0])])]
+            runs = [(o.name, [Run(names[0], 0, 0, o.shape[0])])]
         elif not probe(step):
             continue
         else:

@@ -605,57 +605,85 @@ def _attn_params(cfg: dict[str, Any] | None) -> dict[str, int] | None:
     return None if geo is None else {"n_head": geo.n_head, "n_query_groups": geo.n_query_groups, "head_size": geo.head_size}
 
 
-def regroup_qkv(t: Any, n_head: int, n_query_groups: int, head_size: int) -> Any:
-    """Rows of the legacy fused attention ``[q.., k, v]`` per query group → today's ``[Q | K | V]``.
-
-    The same permutation LitGPT applies when it loads a legacy checkpoint
-    (``qkv_reassemble``); it is exact (rows move, values do not change). The geometry comes from the
-    journal, which is untrusted: it is checked as a model config would be.
-    """
-    geo = Geometry.from_config(
-        {"n_head": n_head, "n_query_groups": n_query_groups, "head_size": head_size}, "the recorded attention geometry"
-    )
-    if t.shape[0] != geo.qkv_rows:
-        raise Refused(
-            f"attn.attn has {t.shape[0]} rows, the config implies {geo.qkv_rows}", "check the run's model config"
-        )
-    return geo.to_grouped(t)
-
-
 def upgrade_attn_file(src: Path, out: Path, params: dict[str, Any]) -> None:
     """``--upgrade-attn``: write ``src`` with ``attn.attn`` renamed to ``attn.qkv`` and its rows regrouped.
 
-    Called by the core at apply time (never while planning). Everything else in
-    the file (other tensors, the ``{"model": ...}`` wrapper, counters) is kept.
+    Called by the core at apply time (never while planning), with ``src``/``out`` naming descriptors migrate
+    opened itself; migrate owns the temp file ``out``, its journal record, fsync and publish. The file is
+    streamed through the engine (``upgrade_attn_plan``): one tensor in memory at a time, unchanged tensors
+    copied file to file, never a whole-file ``torch.load``.
     """
-    import torch
+    from ckpt_tool.ops.engine import write_into
 
-    try:
-        obj = torch.load(src, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001  (weights_only refusals, protocol 4/5 files: all mean "cannot")
+    plan = upgrade_attn_plan(src, out, params)
+    with open(out, "wb") as fh:  # our own description of migrate's temp file: positional writes from 0
+        write_into(plan, fh)
+
+
+def upgrade_attn_plan(src: Path, out: Path, params: dict[str, Any]) -> Any:
+    """The ``TransformPlan`` of ``--upgrade-attn``: copy every tensor, regroup the rows of each ``attn.attn`` one.
+
+    The result is what ``torch.save`` of the loaded file with the keys renamed and rows regrouped
+    would hold, key for key and in order, with the ``{"model": ...}`` wrapper and its plain top-level
+    entries (``iter_num``, ``step_count``...) kept. What the streaming writer cannot reproduce exactly
+    is refused, never dropped: tensors outside the weights (optimizer or scheduler state), torch
+    objects among the top-level entries, weights under another wrapper. The geometry comes from the
+    journal, which is untrusted: it is checked as a model config would be, and every fused tensor's
+    rows against it, before anything is written.
+    """
+    from ckpt_tool.io.container import read_container
+    from ckpt_tool.io.writers import is_plain
+    from ckpt_tool.model import CheckpointInfo
+    from ckpt_tool.ops.transform import Out, Read, Sink, Step, TransformPlan, copy_step
+    from ckpt_tool_lit import FORMAT
+
+    geo = Geometry.from_config(
+        {k: params.get(k) for k in ("n_head", "n_query_groups", "head_size")}, "the recorded attention geometry"
+    )
+    hint = "migrate it without --upgrade-attn (the file is then moved as it is)"
+    c = read_container(src)
+    tz = c.torch
+    if tz is None:
+        raise Refused(f"{src}: not a torch zip checkpoint, so not a legacy LitGPT file", hint)
+    if tz.wrapper not in ("bare", "model"):
+        raise Refused(f"{src}: the weights are not a bare state dict or under a 'model' key", hint)
+    if tz.other_tensors:
         raise Refused(
-            f"{src}: cannot be loaded safely for conversion ({type(exc).__name__})",
-            "migrate it without --upgrade-attn",
-        ) from None
-    wrapped = isinstance(obj, dict) and isinstance(obj.get("model"), dict)
-    state = obj["model"] if wrapped else obj
-    if not isinstance(state, dict):
-        raise Refused(f"{src}: not a state dict")
-    new: dict[str, Any] = {}
-    for key, value in state.items():
-        m = LEGACY_ATTN_RE.match(key)
+            f"{src}: holds {tz.other_tensors} tensor(s) besides the weights (optimizer or scheduler state?), "
+            "which would need the same row permutation",
+            hint,
+        )
+    extras = {k: v for k, v in tz.obj.items() if k != "model"} if tz.wrapper == "model" else {}
+    odd = [repr(k) for k, v in extras.items() if not (is_plain(k) and is_plain(v))]
+    if odd:
+        raise Refused(f"{src}: top-level entr{'y' if len(odd) == 1 else 'ies'} {', '.join(odd[:3])} hold torch "
+                      "objects the converted copy could not reproduce exactly", hint)
+
+    def regroup(tensors: Any, load: Any) -> list[Any]:
+        return [geo.to_grouped(tensors[0])]
+
+    steps: list[Step] = []
+    for name, t in c.tensors.items():
+        m = LEGACY_ATTN_RE.match(name)
         if m:
-            new[f"{m[1]}.qkv.{m[2]}"] = regroup_qkv(
-                value, params["n_head"], params["n_query_groups"], params["head_size"]
-            )
-        elif ".attn.attn." in key:
-            raise Refused(
-                f"{src}: {key} cannot be converted by a row permutation", "migrate it without --upgrade-attn"
-            )
+            if not t.shape or t.shape[0] != geo.qkv_rows:
+                raise Refused(
+                    f"{src}: {name} has shape {tuple(t.shape)}, the config implies {geo.qkv_rows} rows",
+                    "check the run's model config",
+                )
+            new = f"{m[1]}.qkv.{m[2]}"
+            steps.append(Step((Out("out", new, t.dtype, tuple(t.shape)),), (Read("in", name),), regroup, "rows regrouped"))
+        elif ".attn.attn." in name:
+            raise Refused(f"{src}: {name} cannot be converted by a row permutation", hint)
         else:
-            new[key] = value
-    with open(out, "wb") as fh:  # a file object: torch derives a zip record name from a path's stem
-        torch.save({**obj, "model": new} if wrapped else new, fh)
+            steps.append(copy_step("in", name, "out", name, t.dtype, t.shape))
+    info = CheckpointInfo(
+        str(src), FORMAT, "model", container="torch", files=[str(src)], tensors=list(c.tensors.values())
+    )
+    options: dict[str, Any] = {}
+    if tz.wrapper == "model":  # the top-level entries in their order, the state dict in its place
+        options = {"wrapper": "model", "extras": {k: None if k == "model" else v for k, v in tz.obj.items()}}
+    return TransformPlan({"in": info}, steps, {"out": Sink("torch", Path(out), options)})
 
 
 def _read_yaml(path: Path) -> dict[str, Any] | None:

@@ -12,6 +12,8 @@ checks against ``litgpt.GPT``). The entry's form says the operation, both ways:
   (Phi-3's ``gate_up_proj`` = fc_1 rows then fc_2 rows);
 * ``regroup``: a fused qkv whose transformers rows are interleaved per query group (GPT-NeoX, Falcon).
 
+The last three only move whole rows (``Rows``): they become segment steps, copied byte range by byte range.
+
 ``units`` expands a layout for one config into ``Unit``\\ s (every tensor of the model, with the
 embeddings and the head, tied or not), lazily; ``plan`` turns them into steps for one direction and
 checks the checkpoint against them: every tensor placed or refused by name, every shape and dtype
@@ -21,16 +23,16 @@ The computes do exactly what LitGPT's converters do, so results are bit-identica
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from ckpt_tool.errors import InvalidFile, Refused, Unsupported
+from ckpt_tool.errors import InvalidFile, Unsupported
 from ckpt_tool.io.tensors import is_float
 from ckpt_tool.model import TensorInfo
-from ckpt_tool.ops.transform import Compute, Out, Read, Step, copy_step
+from ckpt_tool.ops.transform import Compute, Out, Read, Same, Segment, Step, copy_step, row_segments
 from ckpt_tool_lit.geometry import Geometry
 from ckpt_tool_lit.hub.model_config import Shape
 
@@ -73,14 +75,47 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Rows:
+    """A row permutation: output ``i`` concatenates the row runs ``outs[i]`` = ``(read, first row, rows)``.
+
+    What LitGPT's converters do with ``split``, ``torch.cat`` and ``qkv_reassemble`` moves whole rows,
+    so every such unit is a segment step: the engine copies the byte ranges without torch (bit-identical
+    by construction) and casts through torch only when ``--dtype`` asks for it.
+    """
+
+    outs: tuple[tuple[tuple[int, int, int], ...], ...]
+    same: tuple[Same, ...] = ()  # reads that must hold the same bits (a tied head and its embeddings)
+
+    @classmethod
+    def split(cls, sizes: Sequence[int]) -> Rows:
+        """One read cut into consecutive row blocks of ``sizes``."""
+        firsts = [sum(sizes[:i]) for i in range(len(sizes))]
+        return cls(tuple(((0, f, n),) for f, n in zip(firsts, sizes)))
+
+    @classmethod
+    def cat(cls, sizes: Sequence[int]) -> Rows:
+        """The reads (of ``sizes`` rows) one after the other."""
+        return cls((tuple((i, 0, n) for i, n in enumerate(sizes)),))
+
+    @classmethod
+    def runs(cls, runs: Iterable[tuple[int, int]]) -> Rows:
+        """One read's rows reordered: ``(first row, rows)`` runs of it."""
+        return cls((tuple((0, f, n) for f, n in runs),))
+
+    def segments(self, shapes: Sequence[Shape]) -> tuple[tuple[Segment, ...], ...]:
+        widths = [math.prod(s[1:]) for s in shapes]
+        return tuple(row_segments(o, widths) for o in self.outs)
+
+
+@dataclass(frozen=True)
 class Unit:
-    """LitGPT tensors ``lit`` ↔ transformers tensors ``hf`` (name, shape), with the compute each way
-    (None: a copy of the one read tensor into each output)."""
+    """LitGPT tensors ``lit`` ↔ transformers tensors ``hf`` (name, shape), with the compute or row permutation
+    each way (None: a copy of the one read tensor into each output)."""
 
     lit: tuple[tuple[str, Shape], ...]
     hf: tuple[tuple[str, Shape], ...]
-    to_hf: Compute | None = None
-    to_lit: Compute | None = None
+    to_hf: Compute | Rows | None = None
+    to_lit: Compute | Rows | None = None
     why: str = ""
 
 
@@ -95,14 +130,15 @@ def _unit(t: T, lp: str, hp: str, table: Mapping[str, Shape], geo: Geometry) -> 
         rows = geo.qkv_sizes
         kind = str(t.lit).rsplit(".", 1)[1]
         parts = tuple((f"{hp}{m}.{kind}", (r, *s[1:])) for m, r in zip(t.hf, rows))
-        return Unit(((lp + str(t.lit), s),), parts, partial(_split, rows), _cat, f"fused qkv {kind} ↔ q/k/v")
+        return Unit(((lp + str(t.lit), s),), parts, Rows.split(rows), Rows.cat(rows), f"fused qkv {kind} ↔ q/k/v")
     if isinstance(t.lit, tuple):  # LitGPT row blocks ↔ one fused transformers tensor
         sizes = tuple(table[lp + n][0] for n in t.lit)
         hf = ((hp + t.hf, (sum(sizes), *s[1:])),)
-        return Unit(tuple((lp + n, table[lp + n]) for n in t.lit), hf, _cat, partial(_split, sizes), f"{t.hf} = row blocks")
+        lit = tuple((lp + n, table[lp + n]) for n in t.lit)
+        return Unit(lit, hf, Rows.cat(sizes), Rows.split(sizes), f"{t.hf} = row blocks")
     if t.regroup:
         return Unit(
-            ((lp + t.lit, s),), ((hp + t.hf, s),), partial(_interleave, geo), partial(_group, geo),
+            ((lp + t.lit, s),), ((hp + t.hf, s),), Rows.runs(geo.interleaved_runs()), Rows.runs(geo.grouped_runs()),
             "qkv rows regrouped (per-group interleaved in transformers)",
         )  # fmt: skip
     return Unit(((lp + t.lit, s),), ((hp + t.hf, s),))
@@ -127,10 +163,20 @@ def units(c: LitModel, layout: Layout, tied: bool, hf_names: Iterable[str] = (),
     if not tied:
         yield Unit(((WTE, emb),), ((layout.embed, emb),))
     elif layout.head in set(hf_names):
-        check = partial(_tied_to_lit, (layout.embed, layout.head))
-        yield Unit(lit_pair, ((layout.embed, emb), (layout.head, emb)), None, check, "tied head stored too (checked)")
+        same = Same(
+            0, 1, f"{layout.head} differs from {layout.embed}, but config.json ties the output head to the embeddings "
+            "(transformers would use the embeddings, LitGPT's converter the stored head)",
+            "set tie_word_embeddings to false in config.json if the stored head is meant",
+        )  # fmt: skip
+        # LitGPT's lm_head.weight is the stored head, transformer.wte.weight the embeddings
+        to_lit = Rows((((1, 0, emb[0]),), ((0, 0, emb[0]),)), (same,))
+        yield Unit(lit_pair, ((layout.embed, emb), (layout.head, emb)), None, to_lit, "tied head stored too (checked)")
     else:
-        to_hf = partial(_tied_to_hf, untie or UNTIE)
+        same = Same(
+            1, 0, f"{LM_HEAD} differs from {WTE}, but the Hugging Face model ties its output head to the embeddings: "
+            "converting would silently replace the head", untie or UNTIE,
+        )  # fmt: skip
+        to_hf = Rows((((1, 0, emb[0]),),), (same,))
         yield Unit(lit_pair, ((layout.embed, emb),), to_hf, None, "lm_head tied to the embeddings")
     experts = c.n_expert if layout.expert else 0
     for i in range(c.n_layer):
@@ -213,9 +259,13 @@ def plan(
             )
         if fn is None:
             steps += [copy_step(src, reads[0][0], sink, n, dtypes[0], s) for n, s in outs]
+            continue
+        outs_ = tuple(Out(sink, n, dtypes[0], s) for n, s in outs)
+        reads_ = tuple(Read(src, n) for n, _ in reads)
+        if isinstance(fn, Rows):
+            steps.append(Step(outs_, reads_, None, u.why, fn.segments([s for _, s in reads]), fn.same))
         else:
-            outs_ = tuple(Out(sink, n, dtypes[0], s) for n, s in outs)
-            steps.append(Step(outs_, tuple(Read(src, n) for n, _ in reads), fn, u.why))
+            steps.append(Step(outs_, reads_, fn, u.why))
     pattern = re.compile(buffers) if buffers else None
     ignored = [n for n in tensors if n not in taken and pattern is not None and pattern.fullmatch(n)]
     extra = [n for n in tensors if n not in taken and n not in set(ignored)]
@@ -249,60 +299,5 @@ def plan(
 # --- computes (run by the engine; torch imported there; inputs never modified) -----------------------------
 
 
-def _split(sizes: tuple[int, ...], ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    """LitGPT ``copy_weights_*``: ``param.split(sizes)`` (views)."""
-    return list(ts[0].split(sizes))
-
-
-def _cat(ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    """LitGPT ``convert_hf_checkpoint``: ``torch.cat((q, k, v))``."""
-    import torch
-
-    return [torch.cat(tuple(ts))]
-
-
-def _interleave(geo: Geometry, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    return [geo.to_interleaved(ts[0])]
-
-
-def _group(geo: Geometry, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    return [geo.to_grouped(ts[0])]
-
-
 def _discard(ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
     return []
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bitwise equality (NaN payloads and -0.0 included): what "tied" means for stored tensors."""
-    import torch
-
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    ints = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-    size = a.element_size()
-    if a.dtype.is_floating_point and size in ints:
-        return torch.equal(a.contiguous().view(ints[size]), b.contiguous().view(ints[size]))
-    return torch.equal(a, b)
-
-
-def _tied_to_hf(hint: str, ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    head, wte = ts
-    if not same_bits(wte, head):
-        raise Refused(
-            f"{LM_HEAD} differs from {WTE}, but the Hugging Face model ties its output head to the embeddings: "
-            "converting would silently replace the head",
-            hint,
-        )
-    return [wte]
-
-
-def _tied_to_lit(names: tuple[str, str], ts: Sequence[torch.Tensor], load: Any) -> list[torch.Tensor]:
-    embed, head = ts
-    if not same_bits(embed, head):
-        raise Refused(
-            f"{names[1]} differs from {names[0]}, but config.json ties the output head to the embeddings "
-            "(transformers would use the embeddings, LitGPT's converter the stored head)",
-            "set tie_word_embeddings to false in config.json if the stored head is meant",
-        )
-    return [head, embed]  # LitGPT's lm_head.weight, transformer.wte.weight
