@@ -149,13 +149,13 @@ def _files_human(s: dict[str, Any]) -> str:
     dry, undo = s.get("dry_run"), s.get("operation") == "undo"
     steps = s.get("steps", [])
     if undo:
-        head = f"undid the repair of {s['root']}: {len(steps)} step(s) reversed"
+        head = f"undid the repair of {s['source']}: {len(steps)} step(s) reversed"
     elif not steps:
-        head = f"nothing to repair in {s['root']}"
+        head = f"nothing to repair in {s['source']}"
     else:
         verb = "would repair" if dry else "repaired"
         moved = [f"{x['from']} -> {x['to']}" for x in steps if x["action"] == "move"]
-        head = f"{verb} {s['root']}: {', '.join(moved) or 'companion files'}"
+        head = f"{verb} {s['source']}: {', '.join(moved) or 'companion files'}"
         if s.get("resumed"):
             head += " (finishing an interrupted repair)"
     lines = wrap(head)
@@ -172,7 +172,7 @@ def _files_human(s: dict[str, Any]) -> str:
     for note in s.get("notes", []):
         lines.extend(wrap(f"note: {note}", "  "))
     if steps and not dry and not undo:
-        lines.extend(wrap(f"journaled in {s['root']}; 'ckpt-tool rename {s['root']} --undo' reverses it", "  "))
+        lines.extend(wrap(f"journaled in {s['source']}; 'ckpt-tool rename {s['source']} --undo' reverses it", "  "))
     return "\n".join(lines)
 
 

@@ -22,7 +22,7 @@ def _human(s: dict[str, Any]) -> str:
         for role in ("base", "adapter"):
             part = s.get(f"{role}_out", {})
             lines.append(
-                f"  {role}: {part.get('written', 0)} tensors, {render.human_bytes(part.get('bytes', 0))} -> {part.get('path')}"
+                f"  {role}: {part['tensors']} tensors, {render.human_bytes(part['bytes'])} -> {part['path']}"
             )
         lora = s.get("lora") or {}
         if lora:
