@@ -27,6 +27,47 @@ def run_subprocess(*args: object, env: dict[str, str] | None = None, timeout: fl
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+_ANON_HARNESS = """
+import json, sys, threading, time
+from pathlib import Path
+
+def anon():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+
+{setup}
+peak, baseline, done = [0], anon(), [False]
+
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.002)
+
+th = threading.Thread(target=sample)
+th.start()
+{call}
+done[0] = True
+th.join()
+print(json.dumps({{"baseline": baseline, "peak": peak[0]}}))
+"""
+
+
+def anon_growth(setup: str, call: str, *args: object, timeout: float = 300) -> int:
+    """Bytes of anonymous memory (RssAnon, sampled every 2 ms) a fresh interpreter grows by while it runs
+    ``call`` after ``setup`` (both Python source at top level; ``sys.argv[1:]`` are ``args``): the measure
+    of "streams, never materialises" tests. Memory-mapped inputs and the page cache are not anonymous."""
+    import json
+    import textwrap
+
+    script = _ANON_HARNESS.format(setup=textwrap.dedent(setup), call=textwrap.dedent(call))
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout)
+    return m["peak"] - m["baseline"]
+
+
 PROVENANCE_FILE = "ckpt-tool-provenance.json"
 PROVENANCE_KEY = "ckpt_tool.provenance"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import anon_growth
 
 from ckpt_tool.io.container import read_container
 from ckpt_tool.model import CheckpointInfo
@@ -129,37 +130,20 @@ def test_sharded_output_and_loader(tmp_path):
     assert torch.equal(merged["layer.weight"], (sd["layer.weight"].float() + 1).to(torch.bfloat16))
 
 
-_MEM_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, threading, time
-    import torch
-    from pathlib import Path
-    from ckpt_tool.io.container import read_container
-    from ckpt_tool.model import CheckpointInfo
-    from ckpt_tool.ops.merge import run_plan
-    from ckpt_tool.ops.transform import Sink
-    from ckpt_tool.ops.merge_plan import MergePlan
+_MEM_SETUP = """
+import torch
+from ckpt_tool.io.container import read_container
+from ckpt_tool.model import CheckpointInfo
+from ckpt_tool.ops.merge import run_plan
+from ckpt_tool.ops.transform import Sink
+from ckpt_tool.ops.merge_plan import MergePlan
 
-    def anon():
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    base_path, out = Path(sys.argv[1]), Path(sys.argv[2])
-    cont = read_container(base_path)
-    info = CheckpointInfo(str(base_path), "test", "model", files=[str(base_path)], tensors=list(cont.tensors.values()))
-    changes = {"w0": lambda w, load: w + 1}
-    plan = MergePlan(base=info, adapter=info, changes=changes, out_dtype={t: "F32" for t in cont.tensors})
-    peak, baseline, done = [0], anon(), [False]
-    def sample():
-        while not done[0]:
-            peak[0] = max(peak[0], anon())
-            time.sleep(0.002)
-    th = threading.Thread(target=sample); th.start()
-    run_plan(plan, Sink("lit", out.parent, {"weights_name": out.name}))
-    done[0] = True; th.join()
-    print(json.dumps({"baseline": baseline, "peak": peak[0]}))
-    """
-)
+base_path, out = Path(sys.argv[1]), Path(sys.argv[2])
+cont = read_container(base_path)
+info = CheckpointInfo(str(base_path), "test", "model", files=[str(base_path)], tensors=list(cont.tensors.values()))
+changes = {"w0": lambda w, load: w + 1}
+plan = MergePlan(base=info, adapter=info, changes=changes, out_dtype={t: "F32" for t in cont.tensors})
+"""
 
 
 def test_peak_memory_is_bounded_by_the_changed_tensor(tmp_path):
@@ -168,13 +152,8 @@ def test_peak_memory_is_bounded_by_the_changed_tensor(tmp_path):
     base_path = tmp_path / "base.pth"
     torch.save(sd, base_path)
     del sd
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEM_SCRIPT, str(base_path), str(tmp_path / "o.pth")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    m = json.loads(proc.stdout)
-    grown = m["peak"] - m["baseline"]
+    call = 'run_plan(plan, Sink("lit", out.parent, {"weights_name": out.name}))'
+    grown = anon_growth(_MEM_SETUP, call, base_path, tmp_path / "o.pth")
     assert grown < 64 * 2**20, f"anonymous memory grew by {grown / 2**20:.0f} MiB for a 160 MiB model"
     got = torch.load(tmp_path / "o.pth", weights_only=True, mmap=True)
     assert len(got) == 20

@@ -12,9 +12,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +19,7 @@ import migrate_helpers as h
 import pytest
 import torch
 from ckpt_tool_lit.migrate import LEGACY_ATTN_RE, upgrade_attn_file, upgrade_attn_plan
+from cli_helpers import anon_growth
 
 from ckpt_tool.errors import Refused
 from ckpt_tool.ops.engine import write_into
@@ -255,32 +253,16 @@ def test_migrate_never_loads_the_whole_file(tmp_path: Path, cli, monkeypatch) ->
     assert torch.equal(got["model"][p + "qkv.weight"], _reassemble(legacy["model"][p + "attn.weight"], **geo))
 
 
-_MEM_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, threading, time
-    from pathlib import Path
-    import torch
-    from ckpt_tool_lit.migrate import upgrade_attn_file
+_MEM_SETUP = """
+import torch
+from ckpt_tool_lit.migrate import upgrade_attn_file
 
-    def refuse(*a, **k):
-        raise AssertionError("torch.load called")
-    torch.load = refuse
+def refuse(*a, **k):
+    raise AssertionError("torch.load called")
 
-    def anon():
-        for line in open("/proc/self/status"):
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    peak, baseline, done = [0], anon(), [False]
-    def sample():
-        while not done[0]:
-            peak[0] = max(peak[0], anon())
-            time.sleep(0.002)
-    th = threading.Thread(target=sample); th.start()
-    upgrade_attn_file(Path(sys.argv[1]), Path(sys.argv[2]), {"n_head": 32, "n_query_groups": 8, "head_size": 64})
-    done[0] = True; th.join()
-    print(json.dumps({"baseline": baseline, "peak": peak[0]}))
-    """
-)
+torch.load = refuse
+"""
+_MEM_CALL = 'upgrade_attn_file(Path(sys.argv[1]), Path(sys.argv[2]), {"n_head": 32, "n_query_groups": 8, "head_size": 64})'
 
 
 def test_peak_memory_stays_bounded_on_a_large_file(tmp_path: Path) -> None:
@@ -295,13 +277,7 @@ def test_peak_memory_stays_bounded_on_a_large_file(tmp_path: Path) -> None:
     torch.save({"model": sd}, src)
     del sd
     assert src.stat().st_size > 140 * 2**20
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEM_SCRIPT, str(src), str(tmp_path / "o.pth")],
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    m = json.loads(proc.stdout)
-    grown = m["peak"] - m["baseline"]
+    grown = anon_growth(_MEM_SETUP, _MEM_CALL, src, tmp_path / "o.pth")
     print(f"anonymous memory grew by {grown / 2**20:.1f} MiB")
     assert grown < 48 * 2**20, f"anonymous memory grew by {grown / 2**20:.0f} MiB for a 144 MiB file"
     got = torch.load(tmp_path / "o.pth", weights_only=True, mmap=True)
