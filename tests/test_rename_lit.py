@@ -25,6 +25,9 @@ from lit_merge_helpers import assert_bit_equal, litgpt_merge, make_run
 from ckpt_tool.ops import migrate as ops
 from ckpt_tool.ops.journal import ENV_CRASH, JOURNAL_NAME, Journal
 
+# the checkpoints are built with the real litgpt (lit_merge_helpers.make_run): the interop lane
+pytestmark = pytest.mark.interop
+
 LORA, FULL = "lit_model.pth.lora", "lit_model.pth"
 
 
