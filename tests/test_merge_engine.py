@@ -247,5 +247,8 @@ def test_freed_tensors_do_not_stay_resident() -> None:
         out = subprocess.run([sys.executable, "-c", _FRAGMENTS, "1" if fix else "0"], capture_output=True, text=True, check=True)
         return int(out.stdout)
 
-    assert retained(fix=False) > 100 * 2**20  # the problem is real on this C library ...
-    assert retained(fix=True) < 8 * 2**20  # ... and release_large_blocks() removes it
+    # the problem is real on this C library: glibc keeps the freed blocks in most runs (heap layout varies
+    # between processes, and about one run in three happens to trim them), so look at up to five runs ...
+    assert any(retained(fix=False) > 100 * 2**20 for _ in range(5))
+    # ... and release_large_blocks() removes it, every time
+    assert all(retained(fix=True) < 8 * 2**20 for _ in range(2))
