@@ -403,6 +403,12 @@ def _write_side(stack: contextlib.ExitStack, dst: Path, side: SideFile) -> None:
             shutil.copyfileobj(fin, fh, 1 << 20)
 
 
+def _fresh_counts(plan: TransformPlan, target: Target) -> dict[str, int]:
+    """The report's counters before the first step: what the plan writes, and how it was written (filled by ``_run``)."""
+    total = sum(o.nbytes for o in target.outs.values())
+    return {"steps": len(plan.steps), "tensors": len(target.outs), "bytes": total, "copied": 0, "cast": 0, "computed": 0}
+
+
 def execute(
     plan: TransformPlan,
     *,
@@ -421,8 +427,7 @@ def execute(
     stale = check_outputs(plan, target, force, replace)
     side = target.side(plan)
     report = Report(files=[str(p) for p in target.weights()] + [str(p) for p, _ in side])
-    total = sum(o.nbytes for o in target.outs.values())
-    counts = {"steps": len(plan.steps), "tensors": len(target.outs), "bytes": total, "copied": 0, "cast": 0, "computed": 0}
+    counts = _fresh_counts(plan, target)
     report.counts = counts
     if dry_run:
         return report
@@ -430,7 +435,7 @@ def execute(
     cleaned = [p for d in sorted({p.parent for p in target.all_paths(plan)}) if d.is_dir() for p in clean_stale_temps(d)]
     report.removed_temps = [str(p) for p in cleaned]
     fill_provenance(plan, target, label)
-    bar = Progress(total, label, progress)
+    bar = Progress(counts["bytes"], label, progress)
     try:
         with contextlib.ExitStack() as stack:
             # Entered in reverse publishing order: the stack publishes LIFO, so weights first, then
@@ -510,8 +515,7 @@ def write_into(plan: TransformPlan, fh: IO[bytes]) -> Report:
     fp, sink = target.files[0], target.file_sinks[0]
     specs = [TensorSpec(n, target.outs[(sink, n)].dtype, target.outs[(sink, n)].shape) for n in fp.names]
     writer = TorchZipWriter(fh, specs, wrapper=fp.wrapper, extras=fp.extras)
-    counts = {"steps": len(plan.steps), "tensors": len(specs), "bytes": sum(s.nbytes for s in specs),
-              "copied": 0, "cast": 0, "computed": 0}
+    counts = _fresh_counts(plan, target)
     _stream(plan, target, [writer], counts, Progress(0, "", False))
     writer.check_complete()
     return Report(files=[str(fp.path)], counts=counts)
